@@ -1,0 +1,100 @@
+"""The Kaggle submission: `ID,Labels`, one row per id of the unlabeled pickle, in file order.
+
+Design choices: the CSV is written to a temporary file beside the target, validated against the
+pickle it answers, and only then renamed over `submission.csv`; a failure at any point leaves the
+previous submission untouched and no partial file behind. The validator is public so a CSV made
+elsewhere can be checked before the upload too.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import KAGGLE_COMPETITION
+from .data import NUM_CLASSES, load_unlabeled
+
+HEADER = ["ID", "Labels"]
+
+
+class SubmissionError(ValueError):
+    pass
+
+
+def validate_submission(csv_path: str | Path, nolabel_path: str | Path | None = None,
+                        ids: np.ndarray | None = None) -> pd.DataFrame:
+    """Check a submission against the unlabeled pickle (or its ids); return it as a DataFrame.
+
+    Checks: exact header `ID,Labels`; one row per id; every id exactly once and no other; integer
+    labels in 0-9. Raises SubmissionError listing every problem found."""
+    csv_path = Path(csv_path)
+    if ids is None:
+        if nolabel_path is None:
+            raise ValueError("give nolabel_path or ids to validate against")
+        ids = load_unlabeled(nolabel_path)[1]
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise SubmissionError(f"{csv_path}: cannot be read as CSV ({exc}).") from exc
+    problems = []
+    if list(df.columns) != HEADER:
+        problems.append(f"header is {','.join(map(str, df.columns))!r}, expected 'ID,Labels'")
+    else:
+        expected = pd.Index(np.asarray(ids).astype(str))
+        got = pd.Index(df["ID"].str.strip())
+        if len(df) != len(expected):
+            problems.append(f"{len(df)} rows, expected {len(expected)} (one per id)")
+        dup = got[got.duplicated()].unique()
+        if len(dup):
+            problems.append(f"duplicate ids: {list(dup[:5])}")
+        missing, extra = expected.difference(got), got.difference(expected)
+        if len(missing):
+            problems.append(f"{len(missing)} id(s) missing, e.g. {list(missing[:5])}")
+        if len(extra):
+            problems.append(f"{len(extra)} unknown id(s), e.g. {list(extra[:5])}")
+        labels = pd.to_numeric(df["Labels"], errors="coerce")
+        bad = df["Labels"][labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels >= NUM_CLASSES)]
+        if len(bad):
+            problems.append(f"{len(bad)} label(s) not an integer 0-{NUM_CLASSES - 1}, e.g. {list(bad[:5])}")
+    if problems:
+        raise SubmissionError(f"{csv_path}: invalid submission:\n  - " + "\n  - ".join(problems))
+    return df.astype({"Labels": int})
+
+
+def write_submission(ids: np.ndarray, labels: np.ndarray, path: str | Path,
+                     nolabel_path: str | Path | None = None) -> Path:
+    """Write `ID,Labels` atomically; validated against the pickle (or `ids`) before it replaces `path`."""
+    path = Path(path)
+    ids, labels = np.asarray(ids).reshape(-1), np.asarray(labels).reshape(-1)
+    if len(ids) != len(labels):
+        raise SubmissionError(f"{path}: {len(ids)} ids but {len(labels)} predictions; nothing written.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            pd.DataFrame({"ID": ids, "Labels": labels}).to_csv(f, index=False)
+        if nolabel_path is not None:
+            validate_submission(tmp, nolabel_path)
+        else:
+            validate_submission(tmp, ids=ids)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
+    return f'kaggle competitions submit -c {KAGGLE_COMPETITION} -f {path} -m "{message}"'
+
+
+def predict_unlabeled(model, checkpoint: dict, nolabel_path: str | Path, device, batch_size: int = 500,
+                      tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, predicted labels, probabilities) for the unlabeled pickle, with the checkpoint's normalisation."""
+    from .evaluate import predict_proba
+    images, ids = load_unlabeled(nolabel_path)
+    norm = checkpoint["normalization"]
+    probs = predict_proba(model, images, norm["mean"], norm["std"], device, batch_size=batch_size, tta=tta)
+    return ids, probs.argmax(1), probs
