@@ -18,7 +18,6 @@ Design choices:
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import tempfile
@@ -196,6 +195,8 @@ def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
     run_dir = cfg.run_path
     last_path, best_path, history_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "history.csv"
     on_cuda = device.type == "cuda"
+    for stale in run_dir.glob(".*.tmp"):   # left by a process killed mid-save; the real files are whole
+        stale.unlink()
 
     model = build_model(cfg).to(device)
     if on_cuda and cfg.channels_last:
@@ -249,6 +250,7 @@ def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
+        first_bad_step = torch.full((), -1, device=device)   # first non-finite step, tracked without a sync
         steps = _progress(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
         for step, (x, y) in enumerate(steps):
             with autocast_for(device, cfg.amp):
@@ -263,20 +265,20 @@ def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                         step, first_bad_step)
             # One host sync every 25 steps (and on the last): checks the loss and refreshes the bar.
             if step % 25 == 0 or step == len(train_loader) - 1 or on_step is not None:
-                value = loss.item()
-                if not math.isfinite(value):
+                bad_step = int(first_bad_step)
+                if bad_step >= 0:
                     raise NonFiniteLossError(
-                        f"loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                        f"loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; training stopped. "
                         f"The last good checkpoint ({last_path}) is untouched. Lower lr or check the data.")
+                value = loss.item()
                 if on_step is not None:
                     on_step(epoch, step, value)
                 steps.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
         train_loss, train_acc = (loss_sum / seen).item(), (correct.float() / seen).item()
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"loss became non-finite during epoch {epoch + 1}; training stopped. "
-                                     f"The last good checkpoint ({last_path}) is untouched.")
         eval_model = ema.module if ema is not None else model
         if ema is not None and on_cuda and cfg.channels_last:
             eval_model = eval_model.to(memory_format=torch.channels_last)

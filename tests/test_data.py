@@ -1,0 +1,200 @@
+"""Loading, validating, splitting and feeding CIFAR-10: tiny temp layouts plus the real files."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from layouts import CLASSES, batch_dict, dump, images_for, make_layout, to_rows
+from utils import data
+from utils.config import Config
+from utils.data import (BATCHES_SUBDIR, DataError, DataNotFoundError, DeviceLoader, UnsafePickleError,
+                        find_data_dir, load_batch, load_cifar10, load_unlabeled, prepare_splits,
+                        safe_load_pickle, train_val_split)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_layout(tmp_path / "cifar")
+
+
+# --- loading ----------------------------------------------------------------------------------
+def test_loads_batches_as_nhwc_uint8_with_labels_and_class_order(tiny):
+    ds = load_cifar10(tiny)
+    assert ds.train_images.shape == (100, 32, 32, 3) and ds.train_images.dtype == np.uint8
+    assert ds.train_labels.dtype == np.int64 and ds.train_labels.tolist() == (list(range(10)) * 10)
+    assert ds.test_images.shape == (40, 32, 32, 3)
+    assert ds.classes == CLASSES
+    # Row layout is channel-first: the first batch must come back pixel-exact in NHWC.
+    np.testing.assert_array_equal(ds.train_images[:20], images_for(20, 0))
+
+
+def test_unlabeled_accepts_nhwc_and_the_2024_flat_layout(tmp_path):
+    nhwc = load_unlabeled(make_layout(tmp_path / "a") / data.NOLABEL_FILE)
+    flat = load_unlabeled(make_layout(tmp_path / "b", flat_unlabeled=True) / data.NOLABEL_FILE)
+    np.testing.assert_array_equal(nhwc[0], flat[0])
+    np.testing.assert_array_equal(nhwc[0], images_for(30, 123))
+    assert nhwc[1].tolist() == list(range(30))
+
+
+def test_data_dir_order_env_var_first(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_ENV, str(tiny))
+    assert find_data_dir() == tiny.resolve()
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError) as err:
+        find_data_dir()
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere") in msg and "kaggle" in msg and "make_cifar10.py" in msg
+
+
+def test_missing_data_folder_says_where_it_looked_and_how_to_fix(tmp_path):
+    with pytest.raises(DataNotFoundError, match="Looked for the batches in") as err:
+        load_cifar10(tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(err.value) and "download=True" in str(err.value)
+
+
+def test_missing_batch_file_is_named(tiny):
+    (tiny / BATCHES_SUBDIR / "data_batch_3").unlink()
+    with pytest.raises(DataNotFoundError, match="data_batch_3: file not found"):
+        load_cifar10(tiny)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(p.read_bytes()[:1000]), "truncated or corrupt"),
+    (lambda p: p.write_bytes(b"not a pickle at all"), "truncated or corrupt"),
+    (lambda p: dump({b"pixels": to_rows(images_for(4, 0)), b"labels": [0] * 4}, p), "missing key b'data'"),
+    (lambda p: dump({b"data": to_rows(images_for(4, 0)).astype(np.float32), b"labels": [0] * 4}, p), "dtype float32"),
+    (lambda p: dump({b"data": np.zeros((4, 1000), np.uint8), b"labels": [0] * 4}, p), r"shape \(4, 1000\)"),
+    (lambda p: dump(batch_dict(images_for(4, 0), [0, 1, 2, 10]), p), "labels must be 0-9"),
+    (lambda p: dump(batch_dict(images_for(4, 0), [0, 1, 2]), p), "4 images but 3 labels"),
+    (lambda p: dump([1, 2, 3], p), "expected a dict"),
+])
+def test_bad_batch_file_error_names_file_and_problem(tiny, damage, message):
+    path = tiny / BATCHES_SUBDIR / "data_batch_2"
+    damage(path)
+    with pytest.raises(DataError, match=message) as err:
+        load_batch(path)
+    assert str(path) in str(err.value) and "Fix:" in str(err.value)
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({b"data": images_for(5, 0), b"ids": np.arange(4)}, "5 images but 4 ids"),
+    ({b"data": images_for(5, 0), b"ids": np.array([0, 1, 2, 2, 4])}, "duplicate ids"),
+    ({b"data": images_for(5, 0)[:, :, :16], b"ids": np.arange(5)}, r"shape \(5, 32, 16, 3\)"),
+    ({b"data": images_for(5, 0)}, "missing key b'ids'"),
+])
+def test_bad_unlabeled_pickle_is_refused_with_reason(tmp_path, obj, message):
+    path = dump(obj, tmp_path / "cifar_test_nolabel.pkl")
+    with pytest.raises(DataError, match=message) as err:
+        load_unlabeled(path)
+    assert str(path) in str(err.value)
+
+
+class _RunsCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_and_its_command_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _RunsCommand(marker), b"ids": [0]})
+    # The payload really is hostile: plain pickle would run the command.
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+
+    path = tmp_path / "cifar_test_nolabel.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system|nt.system") as err:
+        load_unlabeled(path)
+    assert str(path) in str(err.value) and "Nothing from the file was executed" in str(err.value)
+    assert not marker.exists()
+
+
+def test_safe_unpickler_reads_python2_style_protocol2_pickles(tmp_path):
+    path = dump(batch_dict(images_for(3, 5), [1, 2, 3]), tmp_path / "b", protocol=2)
+    images, labels = load_batch(path)
+    np.testing.assert_array_equal(images, images_for(3, 5))
+    assert safe_load_pickle(path)[b"batch_label"] == b"tiny"
+
+
+# --- splits -----------------------------------------------------------------------------------
+def test_split_is_90_10_stratified_disjoint_and_reproducible():
+    labels = np.repeat(np.arange(10), 50)
+    tr, va = train_val_split(labels, 0.1, seed=3)
+    assert len(tr) == 450 and len(va) == 50 and not set(tr) & set(va)
+    assert np.bincount(labels[va]).tolist() == [5] * 10
+    tr2, va2 = train_val_split(labels, 0.1, seed=3)
+    assert np.array_equal(va, va2) and not np.array_equal(va, train_val_split(labels, 0.1, seed=4)[1])
+
+
+def test_prepare_splits_subset_and_stats_from_train_split_only(tiny):
+    make_layout(tiny, per_batch=40)   # 20 images per class
+    cfg = Config(data_dir=str(tiny), subset_per_class=15, test_limit=25)
+    s = prepare_splits(cfg)
+    assert len(s.train_labels) + len(s.val_labels) == 150 and len(s.val_labels) == 15
+    assert set(np.bincount(np.concatenate([s.train_labels, s.val_labels]))) == {15}
+    assert len(s.test_labels) == 25
+    expected_mean = (s.train_images.reshape(-1, 3) / 255.0).mean(0)
+    np.testing.assert_allclose(s.mean, expected_mean, rtol=1e-9)
+
+
+# --- loaders ----------------------------------------------------------------------------------
+def _loader(images, labels, train, **kw):
+    return DeviceLoader(images, labels, [0.5] * 3, [0.25] * 3, 16, "cpu", train=train, **kw)
+
+
+def test_eval_loader_is_deterministic_in_order_and_unaugmented():
+    images, labels = images_for(40, 1), np.arange(40) % 10
+    loader = _loader(images, labels, train=False)
+    first = [(x.clone(), y.clone()) for x, y in loader]
+    second = list(loader)
+    assert [len(y) for _, y in first] == [16, 16, 8]
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(torch.cat([x for x, _ in first]), expected)
+
+
+def test_train_loader_crops_flips_reproducibly_per_epoch():
+    images, labels = images_for(32, 2), np.arange(32) % 10
+    loader = _loader(images, labels, train=True, seed=7)
+    loader.set_epoch(0)
+    a = [(x.clone(), y.clone()) for x, y in loader]
+    b = list(loader)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    loader.set_epoch(1)
+    c = list(loader)
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, c))
+    # Every augmented image is one of the 9x9 shifts (zero padded), possibly mirrored, of its source.
+    x, y = a[0]
+    raw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    padded = torch.nn.functional.pad(raw, (4, 4, 4, 4))
+    pixels = (x[0] * 0.25 + 0.5) * 255
+    matches = [i for i in range(32) for dy in range(9) for dx in range(9) for flip in (False, True)
+               if torch.allclose(pixels, (lambda v: v.flip(2) if flip else v)(padded[i, :, dy:dy + 32, dx:dx + 32]).float(), atol=1e-3)]
+    assert matches and all(labels[i] == int(y[0]) for i in matches)
+
+
+def test_train_loader_drops_a_lone_last_image_for_batchnorm():
+    loader = _loader(images_for(33, 3), np.zeros(33), train=True)
+    assert len(loader) == 2 and sum(len(y) for _, y in loader) == 32
+    assert len(_loader(images_for(33, 3), np.zeros(33), train=False)) == 3
+
+
+# --- the real files ---------------------------------------------------------------------------
+def test_real_cifar10_layout(cifar_dir):
+    ds = load_cifar10(cifar_dir)
+    assert ds.train_images.shape == (50000, 32, 32, 3) and ds.test_images.shape == (10000, 32, 32, 3)
+    assert np.bincount(ds.train_labels).tolist() == [5000] * 10
+    assert ds.classes == CLASSES
+    images, ids = load_unlabeled(ds.nolabel_path)
+    assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8 and len(np.unique(ids)) == 10000
