@@ -53,14 +53,14 @@ def test_data_dir_order_env_var_first(tiny, monkeypatch, tmp_path):
 
 def test_missing_data_folder_says_where_it_looked_and_how_to_fix(tmp_path):
     with pytest.raises(DataNotFoundError, match="Looked for the batches in") as err:
-        load_cifar10(tmp_path / "empty")
-    assert str(tmp_path / "empty") in str(err.value) and "download=True" in str(err.value)
+        load_cifar10(tmp_path / "empty", download=False)
+    assert str(tmp_path / "empty") in str(err.value) and "downloads the official" in str(err.value)
 
 
 def test_missing_batch_file_is_named(tiny):
     (tiny / BATCHES_SUBDIR / "data_batch_3").unlink()
     with pytest.raises(DataNotFoundError, match="data_batch_3: file not found"):
-        load_cifar10(tiny)
+        load_cifar10(tiny, download=False)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -198,3 +198,14 @@ def test_real_cifar10_layout(cifar_dir):
     assert ds.classes == CLASSES
     images, ids = load_unlabeled(ds.nolabel_path)
     assert images.shape == (10000, 32, 32, 3) and images.dtype == np.uint8 and len(np.unique(ids)) == 10000
+
+
+@pytest.mark.parametrize("size", [8, 12, 5])
+def test_cutout_erases_a_square_of_exactly_the_given_side(size):
+    x = torch.ones(64, 3, 32, 32)
+    out = data.cutout(x, size, torch.Generator().manual_seed(0))
+    erased = (out[:, 0] == 0)
+    rows, cols = erased.any(2).sum(1), erased.any(1).sum(1)
+    inside = [(r, c) for r, c in zip(rows.tolist(), cols.tolist())]
+    assert max(inside) == (size, size) and all(r <= size and c <= size for r, c in inside)
+    assert torch.equal(erased.sum((1, 2)), rows * cols)   # a rectangle, clipped only at the border

@@ -220,3 +220,15 @@ def test_sigkill_while_a_checkpoint_is_being_written_never_leaves_a_half_file(tm
         proc.wait()
         ckpt = load_checkpoint(path)   # always a whole checkpoint, never a torn one
         assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["i"])))
+
+
+def test_ema_decay_ramps_up_so_early_weights_do_not_dominate():
+    from torch.optim.swa_utils import AveragedModel
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=train_mod.ema_multi_avg_fn(0.999), use_buffers=True)
+    for step in range(200):
+        with torch.no_grad():
+            model.weight.fill_(1.0 if step else 0.0)   # weights jump from 0 to 1 after the first step
+        ema.update_parameters(model)
+    # A fixed 0.999 decay would still hold ~82 % of the first weights (0.999**199); the ramp keeps < 5 %.
+    assert ema.module.weight.item() > 0.95

@@ -41,8 +41,8 @@ IMAGE_SHAPE = (32, 32, 3)
 HOW_TO_GET_DATA = (
     "Get the data in one of three ways:\n"
     f"  1. Kaggle: add the competition data ({KAGGLE_INPUT.name}) to the notebook; it appears under {KAGGLE_INPUT}.\n"
-    "  2. Online (Colab, laptop): call utils.data.find_data_dir(download=True), which downloads the official\n"
-    "     CIFAR-10 python release into data/cifar-10-python/ (add cifar_test_nolabel.pkl from Kaggle for a submission).\n"
+    "  2. Online (Colab, laptop): utils.data.load_cifar10() downloads the official CIFAR-10 python release\n"
+    "     into data/cifar-10-python/ (add cifar_test_nolabel.pkl from Kaggle for a submission).\n"
     "  3. Offline: lay the files out yourself, e.g. `python ../shared/data/make_cifar10.py data/`, or point\n"
     f"     ${DATA_ENV} at a folder holding {BATCHES_SUBDIR}/ and {NOLABEL_FILE}."
 )
@@ -161,7 +161,8 @@ def find_data_dir(data_dir: str | Path | None = None, download: bool = False) ->
         CIFAR10(root=str(target / "cifar-10-python"), train=True, download=True)
         return target
     looked = "\n".join(f"  - {p / BATCHES_SUBDIR}" for p in candidates)
-    raise DataNotFoundError(f"CIFAR-10 not found. Looked for the batches in:\n{looked}\n{HOW_TO_GET_DATA}")
+    tried = "A download was not possible: no network.\n" if download else ""
+    raise DataNotFoundError(f"CIFAR-10 not found. Looked for the batches in:\n{looked}\n{tried}{HOW_TO_GET_DATA}")
 
 
 def load_class_names(path: str | Path) -> list[str]:
@@ -239,7 +240,8 @@ class CIFAR10:
         return self.root / NOLABEL_FILE
 
 
-def load_cifar10(data_dir: str | Path | None = None, download: bool = False) -> CIFAR10:
+def load_cifar10(data_dir: str | Path | None = None, download: bool = True) -> CIFAR10:
+    """All five train batches, the test batch and the class names; downloads them when absent and online."""
     root = find_data_dir(data_dir, download=download)
     batches = root / BATCHES_SUBDIR
     classes = load_class_names(batches / META_FILE)
@@ -331,8 +333,10 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :]
     xs = torch.arange(w, device=x.device)[None, :]
-    in_y = ((ys - cy[:, None]).abs() <= size // 2)[:, None, :, None]
-    in_x = ((xs - cx[:, None]).abs() <= size // 2)[:, None, None, :]
+    # Rows/cols cy - size//2 ... cy - size//2 + size - 1: exactly `size` wide, clipped at the border.
+    dy, dx = ys - cy[:, None] + size // 2, xs - cx[:, None] + size // 2
+    in_y = ((dy >= 0) & (dy < size))[:, None, :, None]
+    in_x = ((dx >= 0) & (dx < size))[:, None, None, :]
     return x.masked_fill(in_y & in_x, 0.0)
 
 

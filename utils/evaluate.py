@@ -10,6 +10,7 @@ Design choices:
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 
 import numpy as np
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DeviceLoader
+from .config import Config
+from .data import DeviceLoader, Splits, prepare_splits
 
 
 def autocast_for(device: torch.device, enabled: bool = True):
@@ -61,6 +63,20 @@ def predict_proba(model: nn.Module, images: np.ndarray, mean, std, device: torch
     return predict_logits(model, loader, tta=tta, amp=amp).exp().cpu().numpy()
 
 
+def predict_with_checkpoint(model: nn.Module, checkpoint: dict, images: np.ndarray, device: torch.device,
+                            batch_size: int = 500, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, 10) normalized with the mean/std stored in the model's checkpoint."""
+    norm = checkpoint["normalization"]
+    return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size=batch_size, tta=tta)
+
+
+def checkpoint_splits(checkpoint: dict, cfg: Config) -> Splits:
+    """The splits a checkpoint was trained with: its own subset, val fraction and seed, so its validation
+    images are exactly the held-out ones; where the data is and the test limit come from `cfg`."""
+    trained = Config.from_params(checkpoint["config"])
+    return prepare_splits(dataclasses.replace(trained, data_dir=cfg.data_dir, test_limit=cfg.test_limit))
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     from sklearn.metrics import accuracy_score
     return float(accuracy_score(y_true, y_pred))
@@ -72,6 +88,8 @@ def classification_table(y_true: np.ndarray, y_pred: np.ndarray, classes: list[s
     report = classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=classes,
                                    output_dict=True, zero_division=0)
     table = pd.DataFrame(report).T
+    # The report's accuracy is a bare number, spread over the row's cells: its support would read as 0 or 1.
+    table.loc["accuracy", "support"] = table.loc["macro avg", "support"]
     table["support"] = table["support"].astype(int)
     return table
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .config import KAGGLE_COMPETITION
 from .data import NUM_CLASSES, load_unlabeled
+from .train import new_file_mode
 
 HEADER = ["ID", "Labels"]
 
@@ -74,6 +75,7 @@ def write_submission(ids: np.ndarray, labels: np.ndarray, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, new_file_mode())   # mkstemp makes it owner-only (0600); a CSV is an ordinary file
         with os.fdopen(fd, "w", newline="") as f:
             pd.DataFrame({"ID": ids, "Labels": labels}).to_csv(f, index=False)
         if nolabel_path is not None:
@@ -93,8 +95,7 @@ def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
 def predict_unlabeled(model, checkpoint: dict, nolabel_path: str | Path, device, batch_size: int = 500,
                       tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, predicted labels, probabilities) for the unlabeled pickle, with the checkpoint's normalisation."""
-    from .evaluate import predict_proba
+    from .evaluate import predict_with_checkpoint
     images, ids = load_unlabeled(nolabel_path)
-    norm = checkpoint["normalization"]
-    probs = predict_proba(model, images, norm["mean"], norm["std"], device, batch_size=batch_size, tta=tta)
+    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size=batch_size, tta=tta)
     return ids, probs.argmax(1), probs

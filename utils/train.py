@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .config import Config, pick_device, seed_everything
 from .data import DeviceLoader, Splits, prepare_splits
@@ -51,6 +51,29 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or belongs to another model or recipe; the message says how."""
 
 
+def ema_multi_avg_fn(decay: float, warmup: float = 10.0):
+    """Per-step weight EMA whose decay ramps up as min(decay, (1 + n) / (warmup + n)) at update n
+    (TensorFlow's num_updates rule), so a short run is not dominated by its first-step weights.
+    Integer buffers (BatchNorm's num_batches_tracked) follow the model."""
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (warmup + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        else:
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+    return update
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file (0o666 less the umask); mkstemp's temp files are 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoint files
 # --------------------------------------------------------------------------------------------
@@ -59,6 +82,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -73,6 +97,7 @@ def atomic_write_text(text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -210,7 +235,7 @@ def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
                                                     steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema = (AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     step_model = torch.compile(model) if cfg.compile else model
