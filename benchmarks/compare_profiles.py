@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,16 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from utils.data import DeviceLoader, load_cifar10, prepare_splits  # noqa: E402
 from utils.evaluate import accuracy, autocast_for  # noqa: E402
 from utils.train import fit, load_trained_model  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+from bench_train import device_name  # noqa: E402  (same folder: the script's own sys.path entry)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -164,7 +154,7 @@ def main(argv=None) -> int:
     rows = [run_profile(spec, args, data) for spec in args.profiles]
     total = time.perf_counter() - t0
     device = pick_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    name = device_name(device)
     print()
     print(f"Equal budget: {args.epochs} epochs on {args.subset_per_class} images/class (90 % train), seed {args.seed}, "
           f"device {device} ({name}), {torch.get_num_threads()} threads, total {total / 60:.1f} min. "
