@@ -103,6 +103,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(step, warmup: int, steps: int, device: torch.device):
+    """Run `step` warmup times untimed, then `steps` times timed (device synchronised at both ends).
+    Returns (seconds of the timed steps, the last step's result)."""
+    result = None
+    for _ in range(warmup):
+        result = step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        result = step()
+    sync(device)
+    return time.perf_counter() - t0, result
+
+
 def forever(loader):
     """Batches of `loader`, epoch after epoch (set_epoch when the loader has it)."""
     epoch = 0
@@ -230,14 +244,7 @@ def run_pipeline(args: argparse.Namespace, which: str) -> dict:
 
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        loss = train_step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loss = train_step()
-    sync(device)
-    train_seconds = time.perf_counter() - t0
+    train_seconds, loss = timed(train_step, args.warmup, args.steps, device)
     final_loss = float(loss.item())
 
     if on_cuda:
@@ -266,15 +273,7 @@ def run_pipeline(args: argparse.Namespace, which: str) -> dict:
         with autocast_for(device, amp):
             return step_model(x).argmax(1)
 
-    for _ in range(args.eval_warmup):
-        eval_step()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.eval_steps):
-        pred = eval_step()
-    sync(device)
-    eval_seconds = time.perf_counter() - t0
-    del pred
+    eval_seconds, _ = timed(eval_step, args.eval_warmup, args.eval_steps, device)
 
     return {
         "pipeline": which,
