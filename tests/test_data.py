@@ -1,17 +1,29 @@
 """Loading, validating, splitting and feeding CIFAR-10: tiny temp layouts plus the real files."""
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from layouts import CLASSES, batch_dict, dump, images_for, make_layout, to_rows
-from utils import data
+
+from utils import data, environment
 from utils.config import Config
-from utils.data import (BATCHES_SUBDIR, DataError, DataNotFoundError, DeviceLoader, UnsafePickleError,
-                        find_data_dir, load_batch, load_cifar10, load_unlabeled, prepare_splits,
-                        safe_load_pickle, train_val_split)
+from utils.data import (
+    BATCHES_SUBDIR,
+    DataError,
+    DataNotFoundError,
+    DeviceLoader,
+    UnsafePickleError,
+    find_data_dir,
+    load_batch,
+    load_cifar10,
+    load_unlabeled,
+    prepare_splits,
+    safe_load_pickle,
+    train_val_split,
+)
 
 
 @pytest.fixture
@@ -42,8 +54,8 @@ def test_data_dir_order_env_var_first(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_ENV, str(tiny))
     assert find_data_dir() == tiny.resolve()
     monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(data, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(environment, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(environment, "KAGGLE_INPUT", tmp_path / "kaggle")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataNotFoundError) as err:
         find_data_dir()
@@ -179,9 +191,147 @@ def test_train_loader_crops_flips_reproducibly_per_epoch():
     raw = torch.from_numpy(images).permute(0, 3, 1, 2)
     padded = torch.nn.functional.pad(raw, (4, 4, 4, 4))
     pixels = (x[0] * 0.25 + 0.5) * 255
+
+    def view(i, dy, dx, mirrored):
+        v = padded[i, :, dy:dy + 32, dx:dx + 32]
+        return (v.flip(2) if mirrored else v).float()
+
     matches = [i for i in range(32) for dy in range(9) for dx in range(9) for flip in (False, True)
-               if torch.allclose(pixels, (lambda v: v.flip(2) if flip else v)(padded[i, :, dy:dy + 32, dx:dx + 32]).float(), atol=1e-3)]
+               if torch.allclose(pixels, view(i, dy, dx, flip), atol=1e-3)]
     assert matches and all(labels[i] == int(y[0]) for i in matches)
+
+
+# The exact augmentation of every training image of an epoch, recomputed independently from the draws.
+MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+
+
+def numpy_reference_epoch(images, draws, cutout_size):
+    """Each training image of the epoch, in loader order, as float32 CHW: zero-pad 4, crop at (dy, dx), mirror
+    where flip, normalise, then zero the cutout square (rows cy - size//2 ... cy - size//2 + size - 1, clipped)."""
+    mean, std = np.float32(MEAN), np.float32(STD)
+    out = []
+    for k, i in enumerate(draws["order"].tolist()):
+        padded = np.pad(images[i], ((4, 4), (4, 4), (0, 0)))
+        dy, dx = int(draws["dy"][k]), int(draws["dx"][k])
+        x = padded[dy:dy + 32, dx:dx + 32]
+        if int(draws["flip"][k]):
+            x = x[:, ::-1]
+        x = (x.astype(np.float32) / np.float32(255) - mean) / std
+        if cutout_size:
+            y0 = int(draws["cy"][k]) - cutout_size // 2
+            x0 = int(draws["cx"][k]) - cutout_size // 2
+            x[max(y0, 0):max(y0 + cutout_size, 0), max(x0, 0):max(x0 + cutout_size, 0)] = 0
+        out.append(x.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("cutout_size", [0, 8])
+def test_every_training_image_is_its_source_cropped_flipped_and_cut_out_exactly_as_drawn(cutout_size):
+    n = 120
+    images, labels = images_for(n, 4), np.arange(n) % 10
+    loader = DeviceLoader(images, labels, MEAN, STD, 32, "cpu", train=True, cutout_size=cutout_size, seed=5)
+    loader.set_epoch(3)
+    draws = loader.draw_epoch()
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [32, 32, 32, 24]
+    x = torch.cat([b for b, _ in batches]).numpy()
+    y = torch.cat([t for _, t in batches]).numpy()
+    order = draws["order"].numpy()
+    assert sorted(order.tolist()) == list(range(n)) and not np.array_equal(order, np.arange(n))
+    np.testing.assert_array_equal(y, labels[order])
+    np.testing.assert_allclose(x, numpy_reference_epoch(images, draws, cutout_size), rtol=0, atol=1e-6)
+
+    # The draws really vary: about half the images mirrored, almost all shifted off the centre (4, 4).
+    flips = draws["flip"].numpy()
+    assert set(flips.tolist()) == {0, 1} and 0.35 < flips.mean() < 0.65
+    dy, dx = draws["dy"].numpy(), draws["dx"].numpy()
+    assert ((dy != 4) | (dx != 4)).mean() > 0.9
+    assert set(dy.tolist()) <= set(range(9)) and len(set(dy.tolist())) >= 8 and len(set(dx.tolist())) >= 8
+    if cutout_size:
+        cy, cx = draws["cy"].numpy(), draws["cx"].numpy()
+        assert set(cy.tolist()) <= set(range(32)) and len(set(cy.tolist())) >= 20 and len(set(cx.tolist())) >= 20
+        # The square is really there: every image has exactly the erased pixels the reference zeroes.
+        assert ((x == 0).all(1).sum((1, 2)) > 0).all()
+    else:
+        assert "cy" not in draws
+
+
+def first_release_batches(images, labels, batch_size, seed, epoch, cutout_size):
+    """The first release's training loader: one CPU generator seeded (seed, epoch), randperm once, then per
+    batch random_crop (dy, dx), random_flip, normalise and cutout, each drawing as it goes."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    source = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
+    order = torch.randperm(len(source), generator=generator)
+    out = []
+    for lo in range(0, len(source), batch_size):
+        idx = order[lo:lo + batch_size]
+        if len(idx) < 2:          # a lone last image would break BatchNorm: dropped
+            break
+        x = data.random_crop(source[idx], data.CROP_PAD, generator)
+        x = data.random_flip(x, generator)
+        x = (x.float() / 255 - mean) / std
+        if cutout_size:
+            x = data.cutout(x, cutout_size, generator)
+        out.append((x, targets[idx]))
+    return out
+
+
+@pytest.mark.parametrize("cutout_size", [0, 8])
+def test_training_batches_are_bit_identical_to_the_first_release_loader(cutout_size):
+    images, labels = images_for(45, 6), np.arange(45) % 10     # batches of 16, 16 and a partial 13
+    loader = DeviceLoader(images, labels, MEAN, STD, 16, "cpu", train=True, cutout_size=cutout_size, seed=11)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        ours = list(loader)
+        reference = first_release_batches(images, labels, 16, 11, epoch, cutout_size)
+        assert [len(y) for _, y in ours] == [len(y) for _, y in reference] == [16, 16, 13]
+        for i, ((x, y), (x_ref, y_ref)) in enumerate(zip(ours, reference)):
+            assert torch.equal(y, y_ref), f"epoch {epoch} batch {i}: labels differ"
+            assert torch.equal(x, x_ref), f"epoch {epoch} batch {i}: pixels differ from the first release"
+
+
+RANDOM_FUNCTIONS = ("rand", "randint", "randperm", "randn", "rand_like", "randint_like", "randn_like", "bernoulli",
+                    "multinomial", "normal", "poisson")
+RANDOM_METHODS = ("random_", "uniform_", "normal_", "bernoulli_", "exponential_", "geometric_", "cauchy_",
+                  "log_normal_")
+
+
+@pytest.mark.parametrize("auto_augment", ["none", "trivialaugment"])
+def test_an_epoch_makes_all_its_random_draws_up_front_and_none_per_batch(monkeypatch, auto_augment):
+    images, labels = images_for(45, 7), np.arange(45) % 10
+    loader = DeviceLoader(images, labels, MEAN, STD, 16, "cpu", train=True, cutout_size=8, seed=3,
+                          auto_augment=auto_augment)
+    loader.set_epoch(2)
+    expected = [(x.clone(), y.clone()) for x, y in loader]
+    armed = {"on": False, "draw_epoch_calls": 0}
+
+    def refuse_when_armed(name, real):
+        def guarded(*args, **kwargs):
+            if armed["on"]:
+                raise AssertionError(f"torch.{name} called while iterating an epoch, after draw_epoch()")
+            return real(*args, **kwargs)
+        return guarded
+
+    for name in RANDOM_FUNCTIONS:
+        monkeypatch.setattr(torch, name, refuse_when_armed(name, getattr(torch, name)))
+    for name in RANDOM_METHODS:
+        monkeypatch.setattr(torch.Tensor, name, refuse_when_armed(f"Tensor.{name}", getattr(torch.Tensor, name)))
+    real_draw_epoch = loader.draw_epoch
+
+    def draw_then_arm():
+        draws = real_draw_epoch()
+        armed["on"] = True
+        armed["draw_epoch_calls"] += 1
+        return draws
+
+    monkeypatch.setattr(loader, "draw_epoch", draw_then_arm)
+    got = list(loader)
+    assert armed["draw_epoch_calls"] == 1
+    assert len(got) == len(expected) == 3
+    assert all(torch.equal(x, x_ref) and torch.equal(y, y_ref) for (x, y), (x_ref, y_ref) in zip(got, expected))
 
 
 def test_train_loader_drops_a_lone_last_image_for_batchnorm():
@@ -209,3 +359,29 @@ def test_cutout_erases_a_square_of_exactly_the_given_side(size):
     inside = [(r, c) for r, c in zip(rows.tolist(), cols.tolist())]
     assert max(inside) == (size, size) and all(r <= size and c <= size for r, c in inside)
     assert torch.equal(erased.sum((1, 2)), rows * cols)   # a rectangle, clipped only at the border
+
+
+def test_the_download_checks_the_official_tarball_reads_it_safely_and_deletes_it(tmp_path, monkeypatch):
+    """No network here: torchvision's download_url is replaced by one that writes a tarball in the official layout
+    (cifar-10-batches-py/ inside) and records the md5 it was asked to check."""
+    import tarfile
+
+    import torchvision.datasets.utils as tv_utils
+    source = make_layout(tmp_path / "source")
+    asked = {}
+
+    def fake_download(url, root, filename=None, md5=None, **_):
+        asked.update(url=url, md5=md5)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(Path(root) / Path(url).name, "w:gz") as tar:
+            tar.add(source / BATCHES_SUBDIR, arcname="cifar-10-batches-py")
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download)
+    monkeypatch.setattr(environment, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(environment, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    ds = load_cifar10(download=True)
+    assert asked == {"url": data.CIFAR10_URL, "md5": data.CIFAR10_MD5}
+    assert ds.root == tmp_path / "repo" / "data" and ds.train_images.shape == (100, 32, 32, 3)
+    assert not list((tmp_path / "repo" / "data").rglob("*.tar.gz")), "the tarball is deleted once extracted"

@@ -2,8 +2,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from layouts import make_layout
+
 from utils.data import NOLABEL_FILE
 from utils.submission import SubmissionError, kaggle_command, validate_submission, write_submission
 
@@ -49,7 +49,8 @@ def test_a_failed_write_leaves_the_previous_submission_untouched(tmp_path, nolab
     before = path.read_bytes()
     with pytest.raises(SubmissionError):
         write_submission(ids, labels, path, nolabel)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["cifar", "submission.csv"]
+    # sorted(): iterdir() order is the file system's, not alphabetical
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["cifar", "submission.csv"]
 
 
 def test_real_submission_shape(cifar_dir, tmp_path):

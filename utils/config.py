@@ -1,98 +1,333 @@
-"""Every knob of the project in one dataclass, with the paper's recipe as the defaults.
+"""Every knob of the project in one dataclass, with the paper's recipe as the defaults, checked where it is built.
 
-Why one dataclass: the notebooks' `parameters` cells, the YAML profiles in `configs/` (papermill
-parameter files) and the library all name the same fields, so a typo in a profile is an error,
-not a silently ignored setting. Relative paths resolve against the repository root, so a notebook
-executed from `runs/<profile>/` writes to the same `figures/` and `submissions/` as one run in place.
+Design choices:
+- One dataclass: the notebooks, the YAML profiles in `configs/` and the library all name the same fields,
+  so a typo in a profile is an error, not a silently ignored setting. Each default is written once, here:
+  a profile lists only what differs from it (with its reason), a notebook's `parameters` cell only the
+  knobs a student turns.
+- Validation happens in `__post_init__`, so every way of building a Config (a profile, a notebook's
+  globals, `run.py -p`, a benchmark's overrides, `dataclasses.replace`, a checkpoint's saved config) is
+  checked the same way, before any data is read. Each field carries its rule (`integer(...)`,
+  `number(...)`, ...); cross-field rules are in `_cross_field_problems`. One `ConfigError` lists every
+  problem, each naming the field, the value given and what is allowed.
+- Values are coerced where that loses nothing: an int for a float field (`lr 1`), a numeric string for a
+  float (`-p lr 1e-3`, which YAML reads as a string), a tuple for a list, `tta: true/false` (the first
+  checkpoint format) for `flip`/`none`. Anything else is refused, never guessed.
+- Whether `device` exists is not checked here but when a run starts (`utils.device.resolve_device`):
+  a checkpoint's config must still load on another machine.
+- Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output
+  root (`utils.environment`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
+  a relative `data_dir` resolves against the repository root.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .environment import REPO_ROOT, resolve_output
+
 CONFIG_DIR = REPO_ROOT / "configs"
 KAGGLE_COMPETITION = "deep-learning-spring-2025-project-1"
+IMAGE_SIDE = 32                     # CIFAR-10 images are 32 x 32
+IMAGES_PER_CLASS = 5000             # training images per class in CIFAR-10
+NUM_CLASSES = 10
+TTA_MODES = ("none", "flip", "flip_shift")
+AUTO_AUGMENT = ("none", "trivialaugment")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+class ConfigError(ValueError):
+    """One or more fields are invalid; the message lists each with the value given and what is allowed."""
+
+    def __init__(self, problems: list[str], source: str = "Config"):
+        self.problems, self.source = list(problems), source
+        super().__init__(f"{source}: {len(self.problems)} invalid setting(s):\n  - " + "\n  - ".join(self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Field rules
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts; `check(value)` returns (coerced value, None) or (value, what is allowed)."""
+    kind: str                                   # int | float | bool | str | path | ints | choice | device
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    note: str = ""
+
+    def allowed(self) -> str:
+        if self.kind in ("int", "float"):
+            what = "an integer" if self.kind == "int" else "a number"
+            if self.lo is not None and self.hi is not None:
+                left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+                text = f"{what} in {left}{self.lo:g}, {self.hi:g}{right}"
+            elif self.lo is not None:
+                text = f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+            else:
+                text = what
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "str":
+            text = "a non-empty string"
+        elif self.kind == "path":
+            text = "a path (string) or null"
+        elif self.kind == "ints":
+            text = "a non-empty list of integers > 0"
+        elif self.kind == "device":
+            text = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        else:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        return f"{text}{f' ({self.note})' if self.note else ''}"
+
+    def _in_range(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        bad = (value, self.allowed())
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return bad
+            return (value, None) if self._in_range(value) else bad
+        if self.kind == "float":
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    return bad
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return bad
+            value = float(value)
+            return (value, None) if math.isfinite(value) and self._in_range(value) else bad
+        if self.kind == "bool":
+            return (value, None) if isinstance(value, bool) else bad
+        if self.kind == "str":
+            return (value, None) if isinstance(value, str) and value.strip() else bad
+        if self.kind == "path":
+            if value is None:
+                return None, None
+            if isinstance(value, Path):
+                value = str(value)
+            return (value, None) if isinstance(value, str) and value.strip() else bad
+        if self.kind == "ints":
+            if not isinstance(value, (list, tuple)) or not value:
+                return bad
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                return bad
+            return list(value), None
+        if self.kind == "device":
+            return (value, None) if isinstance(value, str) and DEVICE_PATTERN.match(value) else bad
+        if self.kind == "choice":
+            if value is True and "flip" in self.choices:      # tta: true/false, the first checkpoint format
+                value = "flip"
+            elif value is False and "none" in self.choices:
+                value = "none"
+            return (value, None) if value in self.choices else bad
+        raise AssertionError(f"unknown rule kind {self.kind}")
+
+
+def _field(default: Any, rule: Rule) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def integer(default: int, min: int | None = None, max: int | None = None, note: str = "") -> Any:
+    return _field(default, Rule("int", min, max, note=note))
+
+
+def number(default: float, min: float | None = None, above: float | None = None, max: float | None = None,
+           below: float | None = None, note: str = "") -> Any:
+    return _field(default, Rule("float", min if above is None else above, max if below is None else below,
+                                lo_open=above is not None, hi_open=below is not None, note=note))
+
+
+def flag(default: bool) -> Any:
+    return _field(default, Rule("bool"))
+
+
+def text(default: str) -> Any:
+    return _field(default, Rule("str"))
+
+
+def path(default: str | None) -> Any:
+    return _field(default, Rule("path"))
+
+
+def positive_ints(default: list[int]) -> Any:
+    return _field(default, Rule("ints"))
+
+
+def choice(default: str, options: tuple[str, ...]) -> Any:
+    return _field(default, Rule("choice", choices=options))
+
+
+def device_name_field(default: str) -> Any:
+    return _field(default, Rule("device"))
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration
+# --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    profile: str = "paper"
-    # --- paths (relative ones are taken from the repository root) ---
-    data_dir: str | None = None          # None: $CIFAR10_DIR, ./data, then Kaggle's input folder
-    run_dir: str | None = None           # checkpoints + history; None: runs/<profile>/checkpoints
-    figures_dir: str = "figures"
-    submission_path: str = "submissions/submission.csv"
+    profile: str = text("paper")
+    # --- paths: outputs under the platform's output root, data_dir under the repository ---
+    data_dir: str | None = path(None)            # None: $CIFAR10_DIR, ./data, Kaggle's input, or download
+    run_dir: str | None = path(None)             # checkpoints + history; None: runs/<profile>/checkpoints
+    figures_dir: str = text("figures")
+    submission_path: str = text("submissions/submission.csv")
+    nolabel_path: str | None = path(None)        # None: found beside the data (utils.data.find_nolabel)
     # --- data ---
-    subset_per_class: int = 0            # 0: all 5,000 training images per class
-    val_fraction: float = 0.1            # the paper's 90/10 split
-    test_limit: int = 0                  # 0: the whole labeled test set
+    subset_per_class: int = integer(0, min=0, max=IMAGES_PER_CLASS, note="0: all 5,000 per class")
+    val_fraction: float = number(0.1, min=0.0, below=1.0, note="0: no validation split, train on every image")
+    test_limit: int = integer(0, min=0, note="0: the whole labeled test set")
     # --- model (the paper's CustomResNet) ---
-    channels: list[int] = field(default_factory=lambda: [48, 96, 128, 364])
-    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
-    dropout: float = 0.1
+    channels: list[int] = positive_ints([48, 96, 128, 364])
+    blocks: list[int] = positive_ints([2, 2, 2, 2])
+    dropout: float = number(0.1, min=0.0, below=1.0)
     # --- optimisation (the paper's recipe) ---
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1                      # OneCycleLR max_lr
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    pct_start: float = 0.1               # 10 % warm-up
-    patience: int = 10                   # early stopping on val accuracy; 0 disables
+    epochs: int = integer(100, min=1)
+    batch_size: int = integer(128, min=1)
+    lr: float = number(0.1, above=0.0, note="OneCycleLR's max_lr")
+    momentum: float = number(0.9, min=0.0, below=1.0)
+    nesterov: bool = flag(False)
+    weight_decay: float = number(5e-4, min=0.0)
+    pct_start: float = number(0.1, above=0.0, below=1.0, note="the warm-up share of the schedule")
+    patience: int = integer(10, min=0, note="epochs without a better val accuracy before stopping; 0: never stop")
     # --- beyond the paper (all off in `paper`) ---
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0               # 0: no weight averaging
-    cutout: int = 0                      # side of the square erased per training image; 0: off
-    tta: bool = False                    # flip test-time augmentation at evaluation
+    label_smoothing: float = number(0.0, min=0.0, below=1.0)
+    ema_decay: float = number(0.0, min=0.0, below=1.0, note="0: no weight averaging")
+    cutout: int = integer(0, min=0, max=IMAGE_SIDE - 1, note="side of the erased square, smaller than the image")
+    auto_augment: str = choice("none", AUTO_AUGMENT)     # trivialaugment: one random op and magnitude per image
+    mixup_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for MixUp; 0: off")
+    cutmix_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for CutMix; 0: off")
+    tta: str = choice("none", TTA_MODES)                 # test-time augmentation at evaluation and submission
+    corruption_images: int = integer(2000, min=0, note="test images per corruption and severity; 0: all")
     # --- runtime ---
-    seed: int = 0
-    device: str = "auto"                 # auto: cuda, then mps, then cpu
-    deterministic: bool = False
-    amp: bool = True                     # bf16 autocast, CUDA only
-    channels_last: bool = True           # CUDA only
-    compile: bool = False                # torch.compile the model
-    eval_batch_size: int = 500
-    resume: bool = True                  # continue from run_dir/last.pt when it exists
+    seed: int = integer(0, min=0)
+    device: str = device_name_field("auto")      # auto: cuda, then mps, then cpu
+    deterministic: bool = flag(False)
+    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.precision)
+    channels_last: bool = flag(True)             # where the device gains from it
+    compile: bool = flag(False)                  # torch.compile, where the device allows it
+    eval_batch_size: int = integer(500, min=1)
+    resume: bool = flag(True)                    # continue from run_dir/last.pt when it exists
+
+    def __post_init__(self) -> None:
+        problems, invalid = [], set()
+        for f in fields(self):
+            value, allowed = f.metadata["rule"].check(getattr(self, f.name))
+            if allowed is None:
+                setattr(self, f.name, value)
+            else:
+                problems.append(f"{f.name} = {value!r}: expected {allowed}")
+                invalid.add(f.name)
+        problems += _cross_field_problems(self, invalid)
+        if problems:
+            raise ConfigError(problems)
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "Config":
-        """Build from a mapping (a notebook's globals(), a YAML profile), ignoring foreign names."""
-        values = {k: v for k, v in {**params, **overrides}.items() if k in cls.field_names()}
-        return cls(**values)
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Config:
+        """Build from a mapping (a notebook's globals(), a saved config), ignoring names that are not fields."""
+        names = set(cls.field_names())
+        return cls(**{k: v for k, v in {**params, **overrides}.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    # Resolved paths -------------------------------------------------------------------------
-    def path(self, value: str | Path) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    # Derived settings -------------------------------------------------------------------------
+    @property
+    def has_validation(self) -> bool:
+        return self.val_fraction > 0
 
     @property
+    def early_stopping(self) -> bool:
+        """Early stopping needs a validation split: with val_fraction 0 it is off whatever `patience` says."""
+        return self.has_validation and self.patience > 0
+
+    def notes(self) -> list[str]:
+        """Settings that are accepted but change meaning, said once where a run starts."""
+        out = []
+        if not self.has_validation:
+            out.append("val_fraction 0: no validation split; training uses every training image, best.pt holds the "
+                       "final weights" + (" (EMA)" if self.ema_decay else "")
+                       + (f", and early stopping (patience {self.patience}) is off" if self.patience else ""))
+        return out
+
+    # Resolved paths -------------------------------------------------------------------------
+    @property
     def run_path(self) -> Path:
-        return self.path(self.run_dir or f"runs/{self.profile}/checkpoints")
+        return resolve_output(self.run_dir or f"runs/{self.profile}/checkpoints")
 
     @property
     def figures_path(self) -> Path:
-        return self.path(self.figures_dir)
+        return resolve_output(self.figures_dir)
 
     @property
     def submission_file(self) -> Path:
-        return self.path(self.submission_path)
+        return resolve_output(self.submission_path)
+
+    @property
+    def data_path(self) -> Path | None:
+        if self.data_dir is None:
+            return None
+        p = Path(self.data_dir).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"channels": list(self.channels), "blocks": list(self.blocks), "dropout": self.dropout}
 
 
+def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
+    """Rules between fields, checked where the fields involved are valid on their own."""
+    def valid(*names: str) -> bool:
+        return not invalid.intersection(names)
+
+    problems = []
+    if valid("channels", "blocks") and len(cfg.channels) != len(cfg.blocks):
+        problems.append(f"channels = {cfg.channels} and blocks = {cfg.blocks}: expected one entry per stage in each "
+                        "(equal lengths)")
+    if valid("nesterov", "momentum") and cfg.nesterov and cfg.momentum == 0:
+        problems.append("nesterov = True with momentum = 0.0: Nesterov momentum needs momentum > 0")
+    if valid("profile") and not PROFILE_PATTERN.match(cfg.profile):
+        problems.append(f"profile = {cfg.profile!r}: expected letters, digits, '_', '-' or '.' (it names a folder)")
+    if valid("submission_path") and not cfg.submission_path.endswith(".csv"):
+        problems.append(f"submission_path = {cfg.submission_path!r}: expected a file name ending in .csv")
+    if valid("subset_per_class", "val_fraction") and cfg.has_validation:
+        per_class = cfg.subset_per_class or IMAGES_PER_CLASS
+        n = per_class * NUM_CLASSES
+        n_val = math.ceil(n * cfg.val_fraction)
+        if n_val < NUM_CLASSES or n - n_val < NUM_CLASSES:
+            problems.append(f"subset_per_class = {cfg.subset_per_class} with val_fraction = {cfg.val_fraction}: "
+                            f"{n_val} validation and {n - n_val} training images cannot hold every class; expected "
+                            "at least one image per class on each side (raise subset_per_class, or use val_fraction 0 "
+                            "for no validation split)")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
 def profile_path(name: str) -> Path:
     return CONFIG_DIR / f"{name}.yaml"
 
@@ -101,13 +336,19 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def unknown_names(names) -> list[str]:
+    return sorted(set(names) - set(Config.field_names()))
+
+
 def read_profile(name: str) -> dict[str, Any]:
-    """The raw parameters of `configs/<name>.yaml`, checked against Config's fields."""
+    """The raw parameters of `configs/<name>.yaml` (only what differs from Config), checked against its fields."""
     path = profile_path(name)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such profile; available: {', '.join(available_profiles())}")
     params = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(params) - set(Config.field_names()))
+    if not isinstance(params, dict):
+        raise ConfigError([f"expected a mapping of Config fields, found a {type(params).__name__}"], str(path))
+    unknown = unknown_names(params)
     if unknown:
         raise ValueError(f"{path}: unknown parameter(s) {unknown}; valid names are the fields of "
                          "utils.config.Config")
@@ -115,38 +356,32 @@ def read_profile(name: str) -> dict[str, Any]:
 
 
 def load_config(profile: str = "paper", **overrides: Any) -> Config:
-    params = read_profile(profile)
-    params.setdefault("profile", profile)
-    return Config.from_params(params, **overrides)
+    """Config's defaults, then configs/<profile>.yaml, then `overrides`; every problem reported at once."""
+    params = {**read_profile(profile), "profile": profile, **overrides}
+    try:
+        return Config.from_params(params)
+    except ConfigError as err:
+        source = f"profile '{profile}' ({profile_path(profile)})"
+        if overrides:
+            source += f" with {', '.join(sorted(overrides))} set"
+        raise ConfigError(err.problems, source) from None
 
 
-# Runtime ------------------------------------------------------------------------------------
-def pick_device(name: str = "auto") -> "torch.device":
-    """`auto` picks cuda, then mps, then cpu; any other value is used as given."""
-    import torch
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A profile with overrides, as the benchmarks take it: 'fast:ema_decay=0,cutout=0' -> ('fast', {...})."""
+    name, _, rest = spec.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in Config.field_names():
+            raise ValueError(f"bad override {item!r} in {spec!r}: use FIELD=VALUE with a field of utils.config.Config")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; `deterministic` also asks torch for deterministic kernels."""
-    import os
-    import random
-
-    import numpy as np
-    import torch
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
+def config_from_namespace(namespace: Mapping[str, Any]) -> Config:
+    """A notebook's Config: its `profile`, with every Config field the notebook defines (its `parameters` cell,
+    or what papermill injected) set over the profile's values."""
+    profile = namespace.get("profile", "paper")
+    overrides = {k: namespace[k] for k in Config.field_names() if k in namespace and k != "profile"}
+    return load_config(profile, **overrides)

@@ -4,47 +4,66 @@ Design choices:
 - Pickles come from outside, so every pickle goes through `SafeUnpickler`, which builds only
   numpy arrays, dtypes and scalars (plus the builtin containers the pickle opcodes make itself)
   and refuses any other global: loading a hostile file raises `UnsafePickleError`, runs nothing.
+  The online download fetches the official tarball (md5-checked by torchvision's download
+  utilities) and reads it through the same unpickler: no plain `pickle.load` anywhere.
 - Every check on a file names the file, what was expected and how to fix it (`DataError`).
+  Where to look is a platform decision (`utils.environment`: $CIFAR10_DIR, ./data, any dataset
+  folder under Kaggle's input); the error lists every place it looked.
 - The whole uint8 dataset (150 MB for 50k images) lives on the training device and augmentation
-  (zero-padded random crop + horizontal flip, optional cutout) runs on whole batches there: no PIL,
-  no worker processes, no host-to-device copy per step. Randomness comes from a CPU generator seeded
-  by (seed, epoch), so an epoch is reproducible on any device and a resumed run sees the same batches.
+  (zero-padded random crop + horizontal flip, optional TrivialAugment and cutout) runs on whole
+  batches there: no PIL, no worker processes, no host-to-device copy per step.
+- Randomness comes from a CPU generator seeded by (seed, epoch), so an epoch is reproducible on any
+  device and a resumed run sees the same batches. A whole epoch's draws (order, crop offsets, flips,
+  cutout centres, augmentation ops) are made up front, in the same order the per-batch loader of the
+  first release drew them (so batches are bit-identical to it), and moved to the device in ONE copy:
+  a per-batch `.to(device)` from pageable memory would synchronise the GPU stream several times a step.
 - Validation and test batches are never augmented (the original notebook augmented its val split).
+  `val_fraction 0` gives an empty validation split: the final model is trained on every image.
 """
 from __future__ import annotations
 
 import importlib
 import io
-import os
 import pickle
-import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import REPO_ROOT, Config
+from . import environment
+from .augment import draw_trivial_augment, trivial_augment
+from .config import NUM_CLASSES, Config
 
 DATA_ENV = "CIFAR10_DIR"
-KAGGLE_INPUT = Path("/kaggle/input/deep-learning-spring-2025-project-1")
 BATCHES_SUBDIR = Path("cifar-10-python") / "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 NOLABEL_FILE = "cifar_test_nolabel.pkl"
-NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
+CROP_PAD = 4                       # RandomCrop(32, padding=4), the paper's
+# The official CIFAR-10 python release, as torchvision's CIFAR10 dataset names it.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+COMPETITION_URL = "https://www.kaggle.com/competitions/deep-learning-spring-2025-project-1/data"
 
 HOW_TO_GET_DATA = (
     "Get the data in one of three ways:\n"
-    f"  1. Kaggle: add the competition data ({KAGGLE_INPUT.name}) to the notebook; it appears under {KAGGLE_INPUT}.\n"
+    "  1. Kaggle: add the competition data to the notebook (Add Input > Competitions); it appears under\n"
+    "     /kaggle/input/<its folder>/ and is found whatever the folder is called.\n"
     "  2. Online (Colab, laptop): utils.data.load_cifar10() downloads the official CIFAR-10 python release\n"
     "     into data/cifar-10-python/ (add cifar_test_nolabel.pkl from Kaggle for a submission).\n"
     "  3. Offline: lay the files out yourself, e.g. `python ../shared/data/make_cifar10.py data/`, or point\n"
     f"     ${DATA_ENV} at a folder holding {BATCHES_SUBDIR}/ and {NOLABEL_FILE}."
+)
+HOW_TO_GET_NOLABEL = (
+    f"{NOLABEL_FILE} is the competition's unlabeled test set (only notebook 05 needs it). Get it from\n"
+    f"  {COMPETITION_URL} (Download, or on Kaggle: Add Input > Competitions),\n"
+    "  or with kagglehub: kagglehub.competition_download('deep-learning-spring-2025-project-1'),\n"
+    f"then put it beside the batches (data/{NOLABEL_FILE}), set $CIFAR10_DIR, or pass nolabel_path."
 )
 REFRESH_HINT = "Fix: replace the file with a fresh copy (re-download it or lay the data out again)."
 
@@ -132,37 +151,48 @@ def _get(obj, key: str, path: Path, expected: str):
 # --------------------------------------------------------------------------------------------
 # Finding and loading the files
 # --------------------------------------------------------------------------------------------
-def candidate_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Where the data is looked for: an explicit folder only, or $CIFAR10_DIR, ./data, Kaggle's input."""
-    if data_dir:
-        return [Path(data_dir).expanduser()]
-    found = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
-    found += [REPO_ROOT / "data", Path.cwd() / "data", KAGGLE_INPUT]
-    return list(dict.fromkeys(p.resolve() if p.exists() else p for p in found))
+def download_cifar10(target: Path) -> Path:
+    """The official tarball into `target`/cifar-10-python/ (md5-checked), extracted, then deleted.
 
-
-def _online(host: str = "www.cs.toronto.edu", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    The batches are read later through SafeUnpickler like any other copy; torchvision's CIFAR10 class is not
+    used because it reads them with plain pickle."""
+    from torchvision.datasets.utils import download_url, extract_archive
+    folder = target / BATCHES_SUBDIR.parent
+    download_url(CIFAR10_URL, folder, md5=CIFAR10_MD5)
+    extract_archive(folder / Path(CIFAR10_URL).name, folder, remove_finished=True)
+    return target
 
 
 def find_data_dir(data_dir: str | Path | None = None, download: bool = False) -> Path:
-    """The first folder holding `cifar-10-python/cifar-10-batches-py/`; downloads it if asked and online."""
-    candidates = candidate_dirs(data_dir)
+    """The first folder holding `cifar-10-python/cifar-10-batches-py/`; downloads it there if asked and online."""
+    candidates = environment.data_dirs(data_dir)
     for folder in candidates:
         if (folder / BATCHES_SUBDIR).is_dir():
             return folder
-    if download and _online():
-        from torchvision.datasets import CIFAR10
-        target = candidates[0] if data_dir else REPO_ROOT / "data"
-        CIFAR10(root=str(target / "cifar-10-python"), train=True, download=True)
-        return target
+    problem = ""
+    if download:
+        target = candidates[0] if data_dir else environment.REPO_ROOT / "data"
+        try:
+            return download_cifar10(target)
+        except Exception as exc:   # no network, a proxy page, a bad checksum: say so, with the other ways
+            problem = f"The download into {target} failed ({type(exc).__name__}: {exc}).\n"
     looked = "\n".join(f"  - {p / BATCHES_SUBDIR}" for p in candidates)
-    tried = "A download was not possible: no network.\n" if download else ""
-    raise DataNotFoundError(f"CIFAR-10 not found. Looked for the batches in:\n{looked}\n{tried}{HOW_TO_GET_DATA}")
+    raise DataNotFoundError(f"CIFAR-10 not found. Looked for the batches in:\n{looked}\n{problem}{HOW_TO_GET_DATA}")
+
+
+def find_nolabel(nolabel_path: str | Path | None = None, data_dir: str | Path | None = None,
+                 required: bool = True) -> Path | None:
+    """`cifar_test_nolabel.pkl`: `nolabel_path` if given, else beside the data ($CIFAR10_DIR, data_dir, ./data,
+    Kaggle's input). The error lists every place it looked and how to get the file; `required=False` returns
+    None instead (notebook 01 runs without it)."""
+    candidates = environment.nolabel_candidates(nolabel_path, data_dir, NOLABEL_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path
+    if not required:
+        return None
+    looked = "\n".join(f"  - {p}" for p in candidates)
+    raise DataNotFoundError(f"{NOLABEL_FILE} not found. Looked in:\n{looked}\n{HOW_TO_GET_NOLABEL}")
 
 
 def load_class_names(path: str | Path) -> list[str]:
@@ -262,9 +292,11 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
 
 
 def train_val_split(labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/val indices (the paper's 90/10), reproducible from `seed`."""
-    from sklearn.model_selection import train_test_split
+    """Stratified train/val indices (the paper's 90/10), reproducible from `seed`; val_fraction 0: no val split."""
     idx = np.arange(len(labels))
+    if val_fraction == 0:
+        return idx, idx[:0]
+    from sklearn.model_selection import train_test_split
     train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
     return np.sort(train_idx), np.sort(val_idx)
 
@@ -279,7 +311,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 class Splits:
     train_images: np.ndarray
     train_labels: np.ndarray
-    val_images: np.ndarray
+    val_images: np.ndarray         # empty (0, 32, 32, 3) with val_fraction 0
     val_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
@@ -291,7 +323,7 @@ class Splits:
 
 def prepare_splits(cfg: Config, data: CIFAR10 | None = None) -> Splits:
     """Subset (if asked), 90/10 stratified split, train-split statistics, optional test limit."""
-    data = data or load_cifar10(cfg.data_dir)
+    data = data or load_cifar10(cfg.data_path)
     images, labels = data.train_images, data.train_labels
     if cfg.subset_per_class:
         keep = per_class_subset(labels, cfg.subset_per_class, cfg.seed)
@@ -306,14 +338,30 @@ def prepare_splits(cfg: Config, data: CIFAR10 | None = None) -> Splits:
 
 
 # --------------------------------------------------------------------------------------------
-# Batched augmentation and the device-resident loader
+# Batched augmentation: draw on the CPU generator, apply on the device
 # --------------------------------------------------------------------------------------------
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero-pad each side by `pad` and crop back at a random offset per image (RandomCrop(32, padding=4))."""
+def draw_crop(n: int, pad: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column offsets (0..2*pad) of a padded random crop, one per image."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    return dy, dx
+
+
+def draw_flip(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def draw_cutout(n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres of the erased squares, one per image."""
+    cy = torch.randint(0, height, (n,), generator=generator)
+    cx = torch.randint(0, width, (n,), generator=generator)
+    return cy, cx
+
+
+def crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Zero-pad each side by `pad` and crop back at offsets (dy, dx) per image (RandomCrop(32, padding=4))."""
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -321,16 +369,14 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
     return padded[batch, chan, rows, cols]
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror (left-right) the images where `mask` is true."""
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero (= the mean pixel, after normalisation) a size x size square at a random centre per image."""
-    n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+def erase(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Zero (= the mean pixel, after normalisation) a size x size square centred at (cy, cx) per image."""
+    _, _, h, w = x.shape
     ys = torch.arange(h, device=x.device)[None, :]
     xs = torch.arange(w, device=x.device)[None, :]
     # Rows/cols cy - size//2 ... cy - size//2 + size - 1: exactly `size` wide, clipped at the border.
@@ -340,21 +386,45 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     return x.masked_fill(in_y & in_x, 0.0)
 
 
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw and apply a padded random crop per image (one batch at a time: for tests and benchmarks)."""
+    dy, dx = draw_crop(len(x), pad, generator)
+    return crop(x, pad, dy.to(x.device), dx.to(x.device))
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return flip(x, draw_flip(len(x), generator).to(x.device))
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw and apply a size x size erased square per image (DeVries & Taylor 2017)."""
+    _, _, h, w = x.shape
+    cy, cx = draw_cutout(len(x), h, w, generator)
+    return erase(x, size, cy.to(x.device), cx.to(x.device))
+
+
+# --------------------------------------------------------------------------------------------
+# The device-resident loader
+# --------------------------------------------------------------------------------------------
 class DeviceLoader:
     """Normalized float batches from a uint8 dataset held on `device`.
 
-    train=True shuffles and augments (crop pad 4 + flip, optional cutout); train=False keeps the order
-    and never augments. Call `set_epoch(e)` before iterating so each epoch's shuffle is reproducible."""
+    train=True shuffles and augments (crop pad 4 + flip, optional TrivialAugment and cutout); train=False keeps
+    the order and never augments. Call `set_epoch(e)` before iterating so each epoch's draws are reproducible."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, mean, std, batch_size: int,
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, mean, std, batch_size: int,
                  device: str | torch.device = "cpu", train: bool = False, cutout_size: int = 0,
-                 seed: int = 0, channels_last: bool = False):
+                 seed: int = 0, channels_last: bool = False, auto_augment: str = "none"):
         device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+        if isinstance(images, torch.Tensor):     # already uint8 (N, 3, H, W), e.g. corrupted test images
+            self.images = images.to(device).contiguous()
+        else:                                    # uint8 (N, H, W, 3) numpy, as the files hold them
+            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.batch_size, self.train, self.cutout_size = batch_size, train, cutout_size
+        self.auto_augment = auto_augment
         self.seed, self.epoch, self.device = seed, 0, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -367,21 +437,63 @@ class DeviceLoader:
         # A training batch of one image would break BatchNorm: it is dropped.
         return full + (1 if rest > (1 if self.train else 0) else 0)
 
+    def batch_bounds(self) -> list[tuple[int, int]]:
+        n, bs = len(self.images), self.batch_size
+        return [(i * bs, min((i + 1) * bs, n)) for i in range(len(self))]
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float().div_(255) - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        n = len(self.images)
+    def draw_epoch(self) -> dict[str, torch.Tensor]:
+        """This epoch's order and per-image augmentation draws, made on the CPU generator batch by batch (the
+        first release's order of draws) and moved to the device in one copy."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=generator).to(self.device) if self.train else None
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size] if self.train else \
-                slice(i * self.batch_size, (i + 1) * self.batch_size)
-            x = self.images[idx]
-            if self.train:
-                x = random_flip(random_crop(x, 4, generator), generator)
+        _, _, h, w = self.images.shape
+        parts: dict[str, list[torch.Tensor]] = {"order": [torch.randperm(len(self.images), generator=generator)]}
+        for lo, hi in self.batch_bounds():
+            n = hi - lo
+            batch = dict(zip(("dy", "dx"), draw_crop(n, CROP_PAD, generator)))
+            batch["flip"] = draw_flip(n, generator)
+            if self.cutout_size:
+                batch.update(zip(("cy", "cx"), draw_cutout(n, h, w, generator)))
+            if self.auto_augment == "trivialaugment":
+                batch.update(draw_trivial_augment(n, generator))
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value.long())
+        flat = {key: torch.cat(values) for key, values in parts.items()}
+        packed = torch.cat(list(flat.values()))
+        if self.device.type == "cuda":
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        else:
+            packed = packed.to(self.device)
+        return dict(zip(flat, packed.split([len(v) for v in flat.values()])))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        draws = self.draw_epoch() if self.train else None
+        for lo, hi in self.batch_bounds():
+            if draws is None:
+                idx: slice | torch.Tensor = slice(lo, hi)
+                x = self.images[idx]
+            else:
+                idx = draws["order"][lo:hi]
+                x = crop(self.images[idx], CROP_PAD, draws["dy"][lo:hi], draws["dx"][lo:hi])
+                x = flip(x, draws["flip"][lo:hi] != 0)
+                if self.auto_augment == "trivialaugment":
+                    x = trivial_augment(x, draws["op"][lo:hi], draws["magnitude"][lo:hi], draws["sign"][lo:hi] != 0)
             x = self.normalize(x)
-            if self.train and self.cutout_size:
-                x = cutout(x, self.cutout_size, generator)
+            if draws is not None and self.cutout_size:
+                x = erase(x, self.cutout_size, draws["cy"][lo:hi], draws["cx"][lo:hi])
             yield x, (None if self.labels is None else self.labels[idx])
+
+
+def augmented_examples(splits: Splits, cfg: Config, n: int = 16, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+    """`n` training images and the same images as the training loader would augment them under `cfg`, both uint8
+    NHWC for display. Drawn with a generator of their own (`seed`), so the training batches do not change."""
+    loader = DeviceLoader(splits.train_images[:n], splits.train_labels[:n], splits.mean, splits.std, n, "cpu",
+                          train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment)
+    order = loader.draw_epoch()["order"].numpy()
+    x, _ = next(iter(loader))
+    mean, std = loader.mean, loader.std
+    augmented = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return splits.train_images[:n][order], augmented

@@ -12,11 +12,11 @@ Widths, blocks per stage and dropout are arguments so that variants stay one cal
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 PAPER_CHANNELS = (48, 96, 128, 364)
 PAPER_BLOCKS = (2, 2, 2, 2)
@@ -72,6 +72,11 @@ class CustomResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def build_model(cfg) -> CustomResNet:
+    """The model a `utils.config.Config` describes (its channels, blocks and dropout)."""
+    return CustomResNet(**cfg.model_kwargs())
 
 
 def count_parameters(model: nn.Module) -> int:

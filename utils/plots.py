@@ -3,7 +3,8 @@
 Design choices:
 - Each function takes plain arrays / DataFrames (what utils.data, utils.train and utils.evaluate
   return), draws one figure, returns the matplotlib Figure and, given `path`, also writes a PNG
-  (`savefig(dpi, bbox_inches="tight")`, folders created). Plotting never computes what a metric
+  (`savefig(dpi, bbox_inches="tight")` through utils.files.atomic_write: a temporary file, then a
+  rename, so a failed save leaves the previous figure whole). Plotting never computes what a metric
   function already does: the confusion matrix comes from `evaluate.confusion`, the mistakes from
   `evaluate.most_confident_mistakes`.
 - Backend: inside a Jupyter kernel figures are made through pyplot, so the inline backend shows them
@@ -12,20 +13,23 @@ Design choices:
 - Images are uint8 NHWC, drawn with nearest-neighbour interpolation: 32x32 pixels stay pixels.
 - The confusion figure shows counts and row-normalized fractions side by side: counts say how many,
   the fractions compare classes (each row is a recall profile) whatever the split's class sizes.
+- The robustness figure draws one line per corruption against severity with the clean accuracy as a
+  dashed line: the gap to clean, and which kind of drift hurts most, read off at a glance.
 - Tables go beside the figures as CSV (for code) and Markdown (for the README). The Markdown is
   written here rather than with pandas' `to_markdown`, which needs the optional `tabulate` package.
 """
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .evaluate import confusion, most_confident_mistakes
+from .files import atomic_write, write_text
 
 DPI = 150
 
@@ -66,9 +70,8 @@ def image_axes(nrows: int, ncols: int, cell: float, gap_w: float, gap_h: float, 
 def finish(fig: Figure, path: str | Path | None = None, dpi: int = DPI) -> Figure:
     """Save `fig` as a PNG at `path` (if given) and return it."""
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), what="figure",
+                     setting="figures_dir")
     return fig
 
 
@@ -120,6 +123,19 @@ def image_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: i
     return finish(fig, path)
 
 
+def augmentation_grid(original: np.ndarray, augmented: np.ndarray, path: str | Path | None = None) -> Figure:
+    """Training images (top row) and the same images as the training loader augments them (bottom row)."""
+    n = len(original)
+    fig, axes = image_axes(2, n, cell=0.9, gap_w=0.05, gap_h=0.05, top=0.45, left=1.0)
+    for row, images in enumerate((original, augmented)):
+        for ax, image in zip(axes[row], images):
+            _show_image(ax, image)
+    axes[0, 0].set_ylabel("original", rotation=0, ha="right", va="center", fontsize=10)
+    axes[1, 0].set_ylabel("augmented", rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle("What the model sees in training", fontsize=12, y=1.0, va="top")
+    return finish(fig, path)
+
+
 def class_count_table(classes: Sequence[str], **labels: np.ndarray) -> pd.DataFrame:
     """Images per class (rows) for each labeled split given by keyword (columns), plus a total row."""
     table = pd.DataFrame({name: np.bincount(np.asarray(y), minlength=len(classes)) for name, y in labels.items()},
@@ -155,26 +171,60 @@ def class_count_chart(counts: pd.DataFrame, title: str = "Images per class",
 # Training
 # --------------------------------------------------------------------------------------------
 def training_curves(history: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Loss, accuracy and learning rate per epoch from `fit`'s history; the best val epoch is marked."""
+    """Loss, accuracy and learning rate per epoch from `fit`'s history; the epoch saved as best.pt is marked
+    (the best val epoch, or the last one when there was no validation split)."""
     fig = new_figure((15, 4.2), layout="constrained")
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     epoch = history["epoch"]
-    best = history.loc[history["val_acc"].idxmax()]
+    has_val = bool(history["val_acc"].notna().any())
+    saved = history.loc[history["val_acc"].idxmax()] if has_val else history.iloc[-1]
     for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epoch, history[f"train_{key}"], marker="o", ms=3, label="train (augmented)")
-        ax.plot(epoch, history[f"val_{key}"], marker="o", ms=3, label="validation")
-        ax.axvline(best["epoch"], color="grey", ls=":", lw=1)
+        if has_val:
+            ax.plot(epoch, history[f"val_{key}"], marker="o", ms=3, label="validation")
+        ax.axvline(saved["epoch"], color="grey", ls=":", lw=1, label="best.pt")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
     ax_loss.set_title("Loss")
-    ax_acc.set_title(f"Accuracy (best val {best['val_acc']:.4f} at epoch {int(best['epoch'])})")
+    ax_acc.set_title(f"Accuracy (best val {saved['val_acc']:.4f} at epoch {int(saved['epoch'])})" if has_val
+                     else f"Accuracy (no validation split; best.pt = epoch {int(saved['epoch'])})")
     ax_lr.plot(epoch, history["lr"], marker="o", ms=3, color="tab:green")
     ax_lr.set_title("Learning rate (OneCycleLR, at epoch end)")
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
+    return finish(fig, path)
+
+
+def lr_schedule(lrs: Sequence[float], steps_per_epoch: int, path: str | Path | None = None) -> Figure:
+    """The planned learning rate per optimizer step (x axis in epochs), drawn before training."""
+    fig = new_figure((7, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(len(lrs)) / steps_per_epoch, lrs, color="tab:green")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"Planned OneCycleLR schedule: peak {max(lrs):.3g}, {len(lrs):,} steps")
+    ax.grid(alpha=0.3)
+    return finish(fig, path)
+
+
+def robustness_figure(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Accuracy per corruption (one line each) against severity, the clean accuracy as a dashed line."""
+    import seaborn as sns
+    clean = float(table.loc[table["corruption"] == "clean", "accuracy"].iloc[0])
+    rows = table[table["corruption"] != "clean"]
+    fig = new_figure((9, 4.6), layout="constrained")
+    ax = fig.subplots()
+    sns.lineplot(data=rows, x="severity", y="accuracy", hue="corruption", marker="o", ax=ax)
+    ax.axhline(clean, color="black", ls="--", lw=1.2, label=f"clean {clean:.3f}")
+    ax.set_xticks(sorted(rows["severity"].unique()))
+    ax.set_ylim(0, max(1.0, clean) * 1.02)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Accuracy under corruptions (mean {rows['accuracy'].mean():.3f}, clean {clean:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return finish(fig, path)
 
 
@@ -242,10 +292,9 @@ def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
 def save_table(table: pd.DataFrame, stem: str | Path, digits: int = 4) -> tuple[Path, Path]:
     """Write `stem`.csv and `stem`.md (Markdown, for the README); returns both paths."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
     keep_index = bool(table.index.name) or not isinstance(table.index, pd.RangeIndex)
-    table.to_csv(csv, index=keep_index)
-    md.write_text(markdown_table(table, digits))
+    write_text(csv, table.to_csv(index=keep_index), "table", "figures_dir")
+    write_text(md, markdown_table(table, digits), "table", "figures_dir")
     return csv, md
 

@@ -7,16 +7,16 @@ elsewhere can be checked before the upload too.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import KAGGLE_COMPETITION
-from .data import NUM_CLASSES, load_unlabeled
-from .train import new_file_mode
+from . import environment
+from .config import KAGGLE_COMPETITION, NUM_CLASSES
+from .data import load_unlabeled
+from .evaluate import predict_with_checkpoint
+from .files import atomic_write
 
 HEADER = ["ID", "Labels"]
 
@@ -72,20 +72,26 @@ def write_submission(ids: np.ndarray, labels: np.ndarray, path: str | Path,
     ids, labels = np.asarray(ids).reshape(-1), np.asarray(labels).reshape(-1)
     if len(ids) != len(labels):
         raise SubmissionError(f"{path}: {len(ids)} ids but {len(labels)} predictions; nothing written.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, new_file_mode())   # mkstemp makes it owner-only (0600); a CSV is an ordinary file
-        with os.fdopen(fd, "w", newline="") as f:
-            pd.DataFrame({"ID": ids, "Labels": labels}).to_csv(f, index=False)
+    table = pd.DataFrame({"ID": ids, "Labels": labels})
+
+    def check(tmp: Path) -> None:
         if nolabel_path is not None:
             validate_submission(tmp, nolabel_path)
         else:
             validate_submission(tmp, ids=ids)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, lambda f: f.write(table.to_csv(index=False).encode()), what="submission",
+                        setting="submission_path", check=check)
+
+
+def copy_for_kaggle(path: str | Path) -> Path | None:
+    """On Kaggle, also put the submission at /kaggle/working/submission.csv (where Kaggle users and its
+    "Submit" button look); returns that path, or None elsewhere or when `path` already is it."""
+    target = environment.kaggle_submission()
+    path = Path(path)
+    if environment.detect() != "kaggle" or path.resolve() == target.resolve():
+        return None
+    return atomic_write(target, lambda f: f.write(path.read_bytes()), what="submission copy")
 
 
 def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
@@ -93,9 +99,8 @@ def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
 
 
 def predict_unlabeled(model, checkpoint: dict, nolabel_path: str | Path, device, batch_size: int = 500,
-                      tta: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      tta: str | bool = "none", precision=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, predicted labels, probabilities) for the unlabeled pickle, with the checkpoint's normalisation."""
-    from .evaluate import predict_with_checkpoint
     images, ids = load_unlabeled(nolabel_path)
-    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size=batch_size, tta=tta)
+    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size, tta, precision)
     return ids, probs.argmax(1), probs

@@ -3,175 +3,202 @@
 Design choices:
 - Recipe defaults are the paper's: SGD(0.1, momentum 0.9, wd 5e-4), OneCycleLR(max_lr 0.1,
   pct_start 0.1) stepped per batch, batch 128, up to 100 epochs, early stop after 10 epochs
-  without a better val accuracy. Extras (label smoothing, EMA, cutout, nesterov, TTA) are Config
-  fields, all off in `paper`.
+  without a better val accuracy. OneCycleLR keeps PyTorch's default cycle_momentum (the paper names
+  no other), so the momentum SGD uses cycles 0.95 -> 0.85 -> 0.95 and the configured 0.9 is not used;
+  kept as is so that the recipe stays PyTorch's OneCycleLR. Extras (label smoothing, EMA, cutout,
+  TrivialAugment, MixUp/CutMix, nesterov, TTA) are Config fields, all off in `paper`.
+- `fit` reads as its phases: build the run, restore it, then per epoch train, validate, record, save.
+  `train_step` (one batch) is shared with `benchmarks/bench_train.py`, so what is timed is what trains.
 - Loss and accuracy are accumulated sample-weighted over the whole epoch (the original notebook
-  overwrote its loss accumulator every batch).
+  overwrote its loss accumulator every batch). With MixUp/CutMix the loss is on the soft targets and
+  `train_acc` counts a prediction right when it names the dominant label of the mixed pair.
+- The step loop never waits for the GPU: loss sums, accuracy and the first non-finite step stay on
+  the device (`NonFiniteWatch`), the EMA update keeps its step count on the host (torch's AveragedModel
+  tests a device tensor every step), and the loader moves a whole epoch's random draws in one copy. The
+  host syncs once every `SYNC_EVERY` steps (and on the last) to check the loss and refresh the bar.
 - Every epoch writes `last.pt` (everything needed to continue) and, on a new best val accuracy,
-  `best.pt` (weights for inference), each to a temporary file then `os.replace`: a crash mid-write
-  never leaves a half checkpoint. Each epoch reseeds torch/numpy/python from (seed, epoch) and the
-  loader shuffles from the same pair, so an interrupted run resumed from `last.pt` ends with exactly
-  the weights of an uninterrupted one (on CPU, deterministic).
+  `best.pt` (weights for inference; with val_fraction 0, every epoch's final weights), each through
+  `utils.files.atomic_write`. Each epoch reseeds torch/numpy/python from (seed, epoch) and the loader
+  draws from the same pair, so an interrupted run resumed from `last.pt` ends with exactly the weights
+  of an uninterrupted one (on the same device with deterministic kernels; tested on CPU).
+- Precision, channels_last and compilation are decided per device by `utils.device.decide`; they may
+  change between a run and its resumption (another machine), like the other RUNTIME_FIELDS.
 - A non-finite loss stops at once with the epoch and step; nothing of that epoch is saved.
-- On CUDA: bf16 autocast (no loss scaling needed) and channels_last; optional torch.compile.
 """
 from __future__ import annotations
 
-import json
-import os
-import random
-import tempfile
+import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
-from .config import Config, pick_device, seed_everything
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_state_checked, save_checkpoint
+from .config import NUM_CLASSES, Config
 from .data import DeviceLoader, Splits, prepare_splits
-from .evaluate import autocast_for, evaluate_loader
-from .model import CustomResNet
+from .device import Precision, decide, progress_bars, resolve_device, rng_state, seed_everything, set_rng_state
+from .evaluate import evaluate_loader
+from .files import remove_stale_temporaries, write_text
+from .model import build_model
 
-CHECKPOINT_FORMAT = "cifar10-customresnet/1"
 # Fields that may change between a run and its resumption; every other field defines the run.
-RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "test_limit", "device",
-                  "compile", "eval_batch_size", "resume", "tta", "profile"}
+RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path", "test_limit", "device",
+                  "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "profile",
+                  "corruption_images"}
+SYNC_EVERY = 25                # steps between host syncs (loss check, progress bar)
+CPU_GUARD_STEPS = (2, 7)       # the CPU time estimate is measured over these steps of the first epoch
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or belongs to another model or recipe; the message says how."""
+# --------------------------------------------------------------------------------------------
+# Pieces of a step
+# --------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a model's weights and buffers, updated every step without host syncs.
 
-
-def ema_multi_avg_fn(decay: float, warmup: float = 10.0):
-    """Per-step weight EMA whose decay ramps up as min(decay, (1 + n) / (warmup + n)) at update n
-    (TensorFlow's num_updates rule), so a short run is not dominated by its first-step weights.
+    The decay ramps up as min(decay, (1 + n) / (warmup + n)) at update n (TensorFlow's num_updates rule),
+    so a short run is not dominated by its first-step weights; the first update copies the weights.
     Integer buffers (BatchNorm's num_batches_tracked) follow the model."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        tensors = [*model.parameters(), *model.buffers()]
+        return ([t.detach() for t in tensors if t.is_floating_point()],
+                [t for t in tensors if not t.is_floating_point()])
+
     @torch.no_grad()
-    def update(ema_params, params, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (warmup + n))
-        if torch.is_floating_point(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+    def update(self, model: nn.Module) -> None:
+        (ema_float, ema_int), (new_float, new_int) = self._tensors(self.module), self._tensors(model)
+        if self.updates == 0:
+            torch._foreach_copy_(ema_float, new_float)
         else:
-            for e, p in zip(ema_params, params):
-                e.copy_(p)
-    return update
+            n = self.updates
+            torch._foreach_lerp_(ema_float, new_float, 1.0 - min(self.decay, (1.0 + n) / (self.warmup + n)))
+        for e, p in zip(ema_int, new_int):
+            e.copy_(p)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.module.load_state_dict(state["module"])
 
 
-def new_file_mode() -> int:
-    """The mode open() gives a new file (0o666 less the umask); mkstemp's temp files are 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+class NonFiniteWatch:
+    """The first step whose loss was not finite, tracked on the device: observing costs no host sync."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), -1, device=device, dtype=torch.long)
+
+    def observe(self, step: int, loss: torch.Tensor) -> None:
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), step, self.first)
+
+    def first_bad_step(self) -> int | None:
+        """One host sync: the first non-finite step so far, or None."""
+        step = int(self.first)
+        return None if step < 0 else step
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoint files
-# --------------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def make_mixer(cfg: Config) -> Callable | None:
+    """torchvision's MixUp and/or CutMix (one chosen per batch when both are on), or None."""
+    if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+        return None
+    from torchvision.transforms import v2
+    ops = []
+    if cfg.mixup_alpha:
+        ops.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=NUM_CLASSES))
+    if cfg.cutmix_alpha:
+        ops.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=NUM_CLASSES))
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, new_file_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True` (no code can run); clear errors for missing/corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here. Train first (notebook 03 / utils.train.fit) or "
-                              "point run_dir at the folder that holds best.pt and last.pt.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc}). "
-                              "It is corrupt or not one of ours; delete it to start that run afresh.") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint.")
-    return ckpt
-
-
-def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """load_state_dict, but a mismatch is reported as the keys and shapes that differ."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        lines = ([f"missing in checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}"] if missing else []) + \
-                ([f"not in model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"] if unexpected else []) + \
-                [f"shape differs: {s}" for s in shapes[:8]]
-        raise CheckpointError(f"{source} does not fit this model (another architecture or profile?):\n  "
-                              + "\n  ".join(lines))
-    model.load_state_dict(state)
-
-
-def recipe_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
-    now = cfg.to_dict()
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
-            if k not in RUNTIME_FIELDS and k in saved and saved[k] != now[k]]
-
-
-def build_model(cfg: Config) -> CustomResNet:
-    return CustomResNet(**cfg.model_kwargs())
-
-
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
-                       cfg: Config | None = None) -> tuple[CustomResNet, dict[str, Any]]:
-    """The model stored in `best.pt` (or `last.pt`), in eval mode, plus the checkpoint's metadata."""
-    ckpt = load_checkpoint(path)
-    saved = Config.from_params(ckpt["config"])
-    if cfg is not None:
-        arch = [k for k in ("channels", "blocks") if list(getattr(cfg, k)) != list(getattr(saved, k))]
-        if arch:
-            raise CheckpointError(f"{path}: checkpoint architecture differs from the requested one: " +
-                                  "; ".join(f"{k} {getattr(saved, k)} vs {getattr(cfg, k)}" for k in arch))
-    model = build_model(saved)
-    load_state_checked(model, ckpt["model"], str(path))
-    model.to(device).eval()
-    return model, ckpt
+def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+               criterion: nn.Module, precision: Precision,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch: forward under the precision's autocast, loss in fp32, backward, step.
+    Returns the detached loss and logits (still on the device: nothing here waits for it)."""
+    with precision.autocast():
+        logits = model(x)
+        loss = criterion(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), logits.detach()
 
 
 # --------------------------------------------------------------------------------------------
-# Training
+# A run and its state
 # --------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything `fit` builds for one configuration."""
+    cfg: Config
+    splits: Splits
+    precision: Precision
+    model: nn.Module
+    step_model: nn.Module            # the compiled model where compilation is on, else `model`
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    ema: EMA | None
+    criterion: nn.Module
+    mixer: Callable | None
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.precision.device
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_path
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and saved as best.pt: the EMA weights where the recipe keeps them."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass
+class State:
+    """What an epoch changes and `last.pt` keeps, beyond the weights."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+
 @dataclass
 class TrainResult:
     history: pd.DataFrame
     run_dir: Path
-    best_val_acc: float
+    best_val_acc: float | None        # None without a validation split
     stopped_early: bool
     finished: bool
     model: nn.Module = field(repr=False)
@@ -185,168 +212,230 @@ class TrainResult:
         return self.run_dir / "last.pt"
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate()}
+def build_run(cfg: Config, splits: Splits, precision: Precision) -> Run:
+    device = precision.device
+    model = build_model(cfg).to(device, memory_format=precision.memory_format())
+    loader_kw = {"device": device, "channels_last": precision.channels_last}
+    train_loader = DeviceLoader(splits.train_images, splits.train_labels, splits.mean, splits.std, cfg.batch_size,
+                                train=True, cutout_size=cfg.cutout, seed=cfg.seed, auto_augment=cfg.auto_augment,
+                                **loader_kw)
+    val_loader = (DeviceLoader(splits.val_images, splits.val_labels, splits.mean, splits.std, cfg.eval_batch_size,
+                               train=False, **loader_kw) if cfg.has_validation else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay, **precision.optimizer_kwargs())
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                    steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
+    return Run(cfg, splits, precision, model, torch.compile(model) if precision.compile else model, optimizer,
+               scheduler, precision.make_scaler(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), make_mixer(cfg), train_loader, val_loader)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+def recipe_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    now = cfg.to_dict()
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
+            if k not in RUNTIME_FIELDS and k in saved and saved[k] != now[k]]
 
 
-def _progress(iterable, **kwargs):
+def restore(run: Run, log: Callable[[str], None]) -> State:
+    """The state saved in run_dir/last.pt (weights, optimizer, schedule, EMA, scaler, RNG) or a fresh one."""
+    last_path = run.run_dir / "last.pt"
+    if not (run.cfg.resume and last_path.exists()):
+        return State()
+    ckpt = load_checkpoint(last_path)
+    diffs = recipe_differences(ckpt["config"], run.cfg)
+    if diffs:
+        raise CheckpointError(f"{last_path} belongs to a different run:\n  " + "\n  ".join(diffs) +
+                              "\nUse another run_dir for this configuration, or resume=False to start over.")
+    load_state_checked(run.model, ckpt["model"], str(last_path))
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.ema is not None and ckpt.get("ema") is not None:
+        run.ema.load_state_dict(ckpt["ema"])
+    if run.scaler is not None and ckpt.get("scaler") is not None:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    state = State(list(ckpt["history"]), ckpt["best_val_acc"], ckpt["bad_epochs"], ckpt["stopped_early"])
+    best = "no validation split" if state.best_val_acc is None else f"best val acc {state.best_val_acc:.4f}"
+    log(f"Resumed {last_path} after epoch {state.epoch} ({best}).")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The phases of an epoch
+# --------------------------------------------------------------------------------------------
+def _bar(iterable, progress: bool, **kwargs):
     from tqdm.auto import tqdm
-    return tqdm(iterable, **kwargs)
+    return tqdm(iterable, disable=not progress, **kwargs)
 
 
+def cpu_time_estimate(run: Run, seconds_per_step: float, epochs_left: int) -> str:
+    hours = seconds_per_step * len(run.train_loader) * epochs_left / 3600
+    return (f"Training on the CPU: {seconds_per_step:.2f} s per step here, so about {hours:.1f} h for the "
+            f"{epochs_left} epochs left (measured over its first steps). For minutes, not hours: switch to a GPU "
+            "runtime (Colab: Runtime > Change runtime type > T4 GPU; Kaggle: Settings > Accelerator > GPU T4 x2), "
+            "or try the pipeline with profile 'smoke'. Continuing.")
+
+
+def optimizer_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of a run on one batch: MixUp/CutMix where on, `train_step`, the schedule, the EMA.
+    Returns the loss, the logits and the (possibly soft) targets, all still on the device."""
+    x, target = run.mixer(x, y) if run.mixer is not None else (x, y)
+    loss, logits = train_step(run.step_model, x, target, run.optimizer, run.criterion, run.precision, run.scaler)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return loss, logits, target
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool, on_step: Callable[[int, int, float], None] | None,
+                    on_cpu_estimate: Callable[[float], None] | None = None) -> dict[str, float]:
+    """One pass over the training batches; returns the epoch's sample-weighted train loss and accuracy."""
+    cfg, device = run.cfg, run.device
+    seed_everything(cfg.seed * 1_000_003 + epoch, cfg.deterministic)
+    run.train_loader.set_epoch(epoch)
+    run.model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, last = 0, len(run.train_loader) - 1
+    watch = NonFiniteWatch(device)
+    steps = _bar(run.train_loader, progress, desc=f"epoch {epoch + 1}", leave=False)
+    clock = time.perf_counter()
+    for step, (x, y) in enumerate(steps):
+        loss, logits, target = optimizer_step(run, x, y)
+        dominant = target.argmax(1) if target.ndim == 2 else target
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == dominant).sum()
+        seen += len(y)
+        watch.observe(step, loss)
+        if on_cpu_estimate is not None and step in CPU_GUARD_STEPS:
+            if step == CPU_GUARD_STEPS[0]:
+                clock = time.perf_counter()
+            else:
+                on_cpu_estimate((time.perf_counter() - clock) / (CPU_GUARD_STEPS[1] - CPU_GUARD_STEPS[0]))
+        if step % SYNC_EVERY == 0 or step == last or on_step is not None:
+            bad = watch.first_bad_step()
+            if bad is not None:
+                raise NonFiniteLossError(
+                    f"loss became non-finite at epoch {epoch + 1}, step {bad + 1}; training stopped. The last good "
+                    f"checkpoint ({run.run_dir / 'last.pt'}) is untouched. Lower lr or check the data.")
+            value = loss.item()
+            if on_step is not None:
+                on_step(epoch, step, value)
+            steps.set_postfix(loss=f"{value:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.4f}")
+    return {"train_loss": (loss_sum / seen).item(), "train_acc": (correct.float() / seen).item()}
+
+
+def validate(run: Run) -> dict[str, float] | None:
+    """Clean validation loss and accuracy of the weights best.pt would hold; None without a validation split."""
+    if run.val_loader is None:
+        return None
+    return evaluate_loader(run.eval_model, run.val_loader, precision=run.precision)
+
+
+def record(state: State, cfg: Config, row: dict[str, Any], val: dict[str, float] | None) -> bool:
+    """Append the epoch to the history and update best / early stopping; True when best.pt should be written."""
+    state.history.append(row)
+    if val is None:
+        return True                   # no validation split: best.pt is the latest weights
+    if state.best_val_acc is None or val["acc"] > state.best_val_acc:
+        state.best_val_acc, state.bad_epochs = val["acc"], 0
+    else:
+        state.bad_epochs += 1
+    state.stopped_early = cfg.early_stopping and state.bad_epochs >= cfg.patience
+    return state.bad_epochs == 0
+
+
+def save(run: Run, state: State, improved: bool) -> None:
+    """best.pt (when improved), last.pt and history.csv, each written whole or not at all."""
+    meta = {"format": CHECKPOINT_FORMAT, "config": run.cfg.to_dict(), "epoch": state.epoch,
+            "normalization": {"mean": run.splits.mean, "std": run.splits.std}, "classes": run.splits.classes}
+    if improved:
+        save_checkpoint({**meta, "model": run.eval_model.state_dict(), "val_acc": state.best_val_acc},
+                        run.run_dir / "best.pt")
+    save_checkpoint({**meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                     "scheduler": run.scheduler.state_dict(),
+                     "ema": run.ema.state_dict() if run.ema is not None else None,
+                     "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+                     "history": state.history, "best_val_acc": state.best_val_acc, "bad_epochs": state.bad_epochs,
+                     "stopped_early": state.stopped_early, "rng": rng_state()}, run.run_dir / "last.pt")
+    write_text(run.run_dir / "history.csv", pd.DataFrame(state.history).to_csv(index=False), "training history",
+               "run_dir")
+
+
+def planned_learning_rates(cfg: Config, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every optimizer step `fit` will take: OneCycleLR stepped on a throwaway optimizer."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
+    lrs = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    val = ("no validation split" if pd.isna(row["val_acc"])
+           else f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+    return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  {val}  "
+            f"lr {row['lr']:.5f}  {row['seconds']:.1f}s")
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
 def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
         max_epochs_this_call: int | None = None, log: Callable[[str], None] = print,
         on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train `cfg` (resuming from run_dir/last.pt when cfg.resume and it exists) and return the history.
 
-    `max_epochs_this_call` trains at most that many epochs now (e.g. to fit a Kaggle time limit);
-    calling again resumes. `on_step(epoch, step, loss)` is a hook for tests and custom logging."""
-    device = pick_device(cfg.device)
+    Per epoch: train on the augmented batches, validate on the clean split, record (best, early stopping),
+    save (best.pt, last.pt, history.csv), print one line. `max_epochs_this_call` trains at most that many
+    epochs now (e.g. to fit a Kaggle time limit); calling again resumes. `on_step(epoch, step, loss)` is a
+    hook for tests and custom logging. Progress bars show in a live notebook or terminal, not in a batch run
+    (`run.py` sets CIFAR10_PROGRESS=lines), where the epoch lines tell the story."""
+    # Build: device and precision, data, model, optimizer, schedule; then restore last.pt if asked
+    precision = decide(resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.compile)
     seed_everything(cfg.seed, cfg.deterministic)
     splits = splits or prepare_splits(cfg)
-    run_dir = cfg.run_path
-    last_path, best_path, history_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "history.csv"
-    on_cuda = device.type == "cuda"
-    for stale in run_dir.glob(".*.tmp"):   # left by a process killed mid-save; the real files are whole
-        stale.unlink()
+    remove_stale_temporaries(cfg.run_path)   # left by a process killed mid-save; the real files are whole
+    run = build_run(cfg, splits, precision)
+    state = restore(run, log)
+    bars = progress_bars(progress)
 
-    model = build_model(cfg).to(device)
-    if on_cuda and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader = DeviceLoader(splits.train_images, splits.train_labels, splits.mean, splits.std,
-                                cfg.batch_size, device, train=True, cutout_size=cfg.cutout, seed=cfg.seed,
-                                channels_last=on_cuda and cfg.channels_last)
-    val_loader = DeviceLoader(splits.val_images, splits.val_labels, splits.mean, splits.std,
-                              cfg.eval_batch_size, device, train=False, channels_last=on_cuda and cfg.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                    steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
-    ema = (AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    step_model = torch.compile(model) if cfg.compile else model
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best_acc, bad_epochs, stopped_early = 0, -1.0, 0, False
-    if cfg.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        diffs = recipe_differences(ckpt["config"], cfg)
-        if diffs:
-            raise CheckpointError(f"{last_path} belongs to a different run:\n  " + "\n  ".join(diffs) +
-                                  "\nUse another run_dir for this configuration, or resume=False to start over.")
-        load_state_checked(model, ckpt["model"], str(last_path))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        _set_rng_state(ckpt["rng"])
-        history, start_epoch = list(ckpt["history"]), ckpt["epoch"]
-        best_acc, bad_epochs, stopped_early = ckpt["best_val_acc"], ckpt["bad_epochs"], ckpt["stopped_early"]
-        log(f"Resumed {last_path} after epoch {start_epoch} (best val acc {best_acc:.4f}).")
-
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if start_epoch < cfg.epochs and not stopped_early:
-        log(f"Training on {device}: {len(splits.train_labels):,} train / {len(splits.val_labels):,} val images, "
-            f"{n_params:,} parameters, epochs {start_epoch + 1}-{cfg.epochs}, {len(train_loader)} steps/epoch.")
-    end_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, start_epoch + max_epochs_this_call)
-    epochs_bar = _progress(range(start_epoch, end_epoch), desc="epochs", unit="epoch",
-                           initial=start_epoch, total=cfg.epochs, disable=not progress or stopped_early)
-    for epoch in epochs_bar:
-        if stopped_early:
+    end_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, state.epoch + max_epochs_this_call)
+    if state.epoch < end_epoch and not state.stopped_early:
+        n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        log(f"Training ({precision.reason}): {len(splits.train_labels):,} train / "
+            f"{len(splits.val_labels):,} val images, {n_params:,} parameters, epochs {state.epoch + 1}-{cfg.epochs}, "
+            f"{len(run.train_loader)} steps/epoch.")
+        for note in cfg.notes():
+            log(note)
+    guard = None
+    if precision.device.type == "cpu" and cfg.subset_per_class == 0:   # full data on a CPU: say how long
+        def guard(seconds_per_step: float) -> None:
+            log(cpu_time_estimate(run, seconds_per_step, end_epoch - state.epoch))
+    epochs = _bar(range(state.epoch, end_epoch), bars, desc="epochs", unit="epoch", initial=state.epoch,
+                  total=cfg.epochs)
+    for epoch in epochs:
+        if state.stopped_early:
             break
-        seed_everything(cfg.seed * 1_000_003 + epoch, cfg.deterministic)
-        train_loader.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        first_bad_step = torch.full((), -1, device=device)   # first non-finite step, tracked without a sync
-        steps = _progress(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for step, (x, y) in enumerate(steps):
-            with autocast_for(device, cfg.amp):
-                logits = step_model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                         step, first_bad_step)
-            # One host sync every 25 steps (and on the last): checks the loss and refreshes the bar.
-            if step % 25 == 0 or step == len(train_loader) - 1 or on_step is not None:
-                bad_step = int(first_bad_step)
-                if bad_step >= 0:
-                    raise NonFiniteLossError(
-                        f"loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; training stopped. "
-                        f"The last good checkpoint ({last_path}) is untouched. Lower lr or check the data.")
-                value = loss.item()
-                if on_step is not None:
-                    on_step(epoch, step, value)
-                steps.set_postfix(loss=f"{value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
-        train_loss, train_acc = (loss_sum / seen).item(), (correct.float() / seen).item()
-        eval_model = ema.module if ema is not None else model
-        if ema is not None and on_cuda and cfg.channels_last:
-            eval_model = eval_model.to(memory_format=torch.channels_last)
-        val = evaluate_loader(eval_model, val_loader, amp=cfg.amp)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        improved = val["acc"] > best_acc
-        if improved:
-            best_acc, bad_epochs = val["acc"], 0
-        else:
-            bad_epochs += 1
-        stopped_early = bool(cfg.patience) and bad_epochs >= cfg.patience
-        meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1,
-                "normalization": {"mean": splits.mean, "std": splits.std}, "classes": splits.classes}
-        if improved:
-            atomic_save({**meta, "model": eval_model.state_dict(), "val_acc": val["acc"]}, best_path)
-        atomic_save({**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                     "history": history, "best_val_acc": best_acc, "bad_epochs": bad_epochs,
-                     "stopped_early": stopped_early, "rng": _rng_state()}, last_path)
-        atomic_write_text(pd.DataFrame(history).to_csv(index=False), history_path)
-        epochs_bar.set_postfix(train_loss=f"{train_loss:.3f}", train_acc=f"{train_acc:.3f}",
-                               val_acc=f"{val['acc']:.3f}", lr=f"{row['lr']:.4f}")
-        if not progress:
-            log(f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  {row['seconds']:.1f}s")
-        if stopped_early:
+        started = time.perf_counter()
+        # Train one epoch, then validate the weights best.pt would hold
+        train = train_one_epoch(run, epoch, bars, on_step, guard)
+        guard = None
+        val = validate(run)
+        # Record the epoch (best, early stopping) and save best.pt / last.pt / history.csv
+        row = {"epoch": epoch + 1, **train, "val_loss": val["loss"] if val else float("nan"),
+               "val_acc": val["acc"] if val else float("nan"), "lr": run.scheduler.get_last_lr()[0],
+               "seconds": time.perf_counter() - started}
+        improved = record(state, cfg, row, val)
+        save(run, state, improved)
+        epochs.set_postfix(train_acc=f"{train['train_acc']:.3f}", val_acc=f"{row['val_acc']:.3f}")
+        log(epoch_line(row))
+        if state.stopped_early:
             log(f"Early stop after epoch {epoch + 1}: no val improvement for {cfg.patience} epochs.")
-    epochs_bar.close()
-    done = len(history)
-    if ema is not None:
-        model = ema.module
-    return TrainResult(pd.DataFrame(history), run_dir, best_acc, stopped_early,
-                       stopped_early or done >= cfg.epochs, model)
-
-
-def read_history(run_dir: str | Path) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training history here; run notebook 03 (or utils.train.fit) first.")
-    return pd.read_csv(path)
-
-
-def save_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=float), path)
+    epochs.close()
+    return TrainResult(pd.DataFrame(state.history), run.run_dir, state.best_val_acc, state.stopped_early,
+                       state.stopped_early or state.epoch >= cfg.epochs, run.eval_model)

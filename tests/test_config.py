@@ -1,0 +1,211 @@
+"""Config: every field validated where it is built, one error naming every bad field; profiles list only
+what differs from the defaults; run.py refuses bad values in seconds, before notebook 01."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from utils import environment
+from utils.config import (
+    CONFIG_DIR,
+    Config,
+    ConfigError,
+    available_profiles,
+    config_from_namespace,
+    load_config,
+    read_profile,
+)
+from utils.device import DeviceError, resolve_device
+
+# (field, bad value, what the message must say about what is allowed)
+BAD_VALUES = [
+    ("profile", "", "non-empty string"),
+    ("profile", "my profile/1", "names a folder"),
+    ("data_dir", 3, "path"),
+    ("run_dir", ["a"], "path"),
+    ("figures_dir", None, "non-empty string"),
+    ("submission_path", "out/submission.txt", ".csv"),
+    ("submission_path", 7, "non-empty string"),
+    ("nolabel_path", 1.5, "path"),
+    ("subset_per_class", -1, "integer in [0, 5000]"),
+    ("subset_per_class", 5001, "integer in [0, 5000]"),
+    ("subset_per_class", 2.5, "integer"),
+    ("val_fraction", 1.0, "[0, 1)"),
+    ("val_fraction", -0.1, "[0, 1)"),
+    ("val_fraction", "half", "number"),
+    ("test_limit", -5, ">= 0"),
+    ("channels", [48, 0, 128, 364], "integers > 0"),
+    ("channels", [], "non-empty list"),
+    ("channels", "48,96", "list of integers"),
+    ("blocks", [2, True, 2, 2], "integers > 0"),
+    ("dropout", 1.5, "[0, 1)"),
+    ("dropout", -0.1, "[0, 1)"),
+    ("epochs", "abc", "integer >= 1"),
+    ("epochs", 0, "integer >= 1"),
+    ("epochs", 3.0, "integer"),
+    ("batch_size", 0, "integer >= 1"),
+    ("batch_size", True, "integer"),
+    ("lr", -1, "> 0"),
+    ("lr", 0, "> 0"),
+    ("lr", float("nan"), "> 0"),
+    ("momentum", 1.0, "[0, 1)"),
+    ("nesterov", "yes", "true or false"),
+    ("weight_decay", -1e-4, ">= 0"),
+    ("pct_start", 0.0, "(0, 1)"),
+    ("pct_start", 1.0, "(0, 1)"),
+    ("patience", -1, ">= 0"),
+    ("label_smoothing", 1.0, "[0, 1)"),
+    ("ema_decay", 1.0, "[0, 1)"),
+    ("ema_decay", -0.5, "[0, 1)"),
+    ("cutout", 32, "smaller than the image"),
+    ("cutout", -2, "[0, 31]"),
+    ("auto_augment", "randaugment", "'trivialaugment'"),
+    ("mixup_alpha", -0.2, ">= 0"),
+    ("cutmix_alpha", "x", "number"),
+    ("tta", "tencrop", "'flip_shift'"),
+    ("corruption_images", -1, ">= 0"),
+    ("seed", -3, ">= 0"),
+    ("seed", "0", "integer"),
+    ("device", "gpu", "'cuda:N'"),
+    ("device", "cuda:x", "'cuda:N'"),
+    ("deterministic", 1, "true or false"),
+    ("amp", "true", "true or false"),
+    ("channels_last", None, "true or false"),
+    ("compile", 0, "true or false"),
+    ("eval_batch_size", 0, "integer >= 1"),
+    ("resume", "no", "true or false"),
+]
+
+
+@pytest.mark.parametrize("name, value, allowed", BAD_VALUES, ids=[f"{n}={v!r}" for n, v, _ in BAD_VALUES])
+def test_a_bad_value_is_refused_naming_the_field_the_value_and_what_is_allowed(name, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        Config(**{name: value})
+    message = str(err.value)
+    assert f"{name} = {value!r}" in message or f"{name} = " in message, message
+    assert allowed in message, message
+    assert len(err.value.problems) == 1, err.value.problems
+
+
+def test_every_field_has_a_rule_and_a_bad_value_in_the_table():
+    tested = {name for name, _, _ in BAD_VALUES}
+    assert set(Config.field_names()) <= tested, sorted(set(Config.field_names()) - tested)
+    assert all("rule" in f.metadata for f in dataclasses.fields(Config))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"channels": [48, 96, 128], "blocks": [2, 2, 2, 2]}, "one entry per stage"),
+    ({"nesterov": True, "momentum": 0.0}, "Nesterov momentum needs momentum > 0"),
+    ({"subset_per_class": 5, "val_fraction": 0.1}, "at least one image per class"),
+    ({"subset_per_class": 20, "val_fraction": 0.99}, "at least one image per class"),
+])
+def test_cross_field_rules(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**changes)
+
+
+def test_one_error_lists_every_problem_at_once():
+    with pytest.raises(ConfigError) as err:
+        Config(epochs="abc", batch_size=0, dropout=1.5, lr=-1, channels=[1, 2])
+    fields = [p.split(" ")[0] for p in err.value.problems]
+    assert fields == ["dropout", "epochs", "batch_size", "lr", "channels"]
+
+
+def test_values_are_coerced_only_where_nothing_is_lost():
+    cfg = Config(lr=1, weight_decay="1e-3", channels=(8, 16), blocks=(1, 1), tta=True, data_dir=environment.REPO_ROOT)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.weight_decay == 0.001
+    assert cfg.channels == [8, 16] and cfg.tta == "flip" and cfg.data_dir == str(environment.REPO_ROOT)
+    assert Config(tta=False).tta == "none"
+    with pytest.raises(ConfigError):
+        Config().replace(epochs=0)                 # dataclasses.replace goes through the same check
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = Config()
+    assert (cfg.channels, cfg.blocks, cfg.dropout) == ([48, 96, 128, 364], [2, 2, 2, 2], 0.1)
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov) == (0.1, 0.9, 5e-4, False)
+    assert (cfg.pct_start, cfg.batch_size, cfg.epochs, cfg.patience, cfg.val_fraction) == (0.1, 128, 100, 10, 0.1)
+    assert (cfg.label_smoothing, cfg.ema_decay, cfg.cutout, cfg.auto_augment, cfg.tta) == (0.0, 0.0, 0, "none", "none")
+    assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.subset_per_class) == (0.0, 0.0, 0)
+    assert load_config("paper") == Config(profile="paper")
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_loads_and_lists_only_what_differs_from_the_defaults(name):
+    cfg = load_config(name)
+    assert cfg.profile == name
+    defaults = Config().to_dict()
+    same = {k: v for k, v in read_profile(name).items() if defaults.get(k) == v}
+    assert not same, f"configs/{name}.yaml repeats defaults: {same}"
+    text = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()
+    settings = [line for line in text if line and not line.startswith("#")]
+    assert all("#" in line for line in settings), f"configs/{name}.yaml: every setting needs its reason"
+
+
+def test_a_bad_profile_names_the_file():
+    path = CONFIG_DIR / "broken-test-profile.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 0}))
+    try:
+        with pytest.raises(ConfigError, match=r"broken-test-profile\.yaml.*\n.*epochs = 0"):
+            load_config("broken-test-profile")
+        path.write_text(yaml.safe_dump({"epoch": 3}))
+        with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
+            load_config("broken-test-profile")
+    finally:
+        path.unlink()
+
+
+def test_a_notebooks_globals_override_its_profile():
+    cfg = config_from_namespace({"profile": "smoke", "epochs": 3, "REPO_URL": "x", "In": [], "seed": 0})
+    assert (cfg.profile, cfg.epochs, cfg.subset_per_class) == ("smoke", 3, 500)
+    with pytest.raises(ConfigError, match="epochs = 'three'"):
+        config_from_namespace({"profile": "smoke", "epochs": "three"})
+
+
+def test_val_fraction_zero_is_accepted_and_turns_early_stopping_off():
+    cfg = Config(val_fraction=0.0, patience=10, subset_per_class=3)
+    assert not cfg.has_validation and not cfg.early_stopping
+    assert any("early stopping (patience 10) is off" in note for note in cfg.notes())
+    assert Config().early_stopping and not Config(patience=0).early_stopping
+
+
+def test_the_device_is_checked_when_a_run_starts_not_when_a_config_is_built():
+    cfg = Config(device="cuda:3")               # a checkpoint's config must load on any machine
+    with pytest.raises(DeviceError, match='device="cuda:3"'):
+        resolve_device(cfg.device)
+
+
+# --- files and environment ---------------------------------------------------------------------------
+def test_run_py_refuses_bad_values_in_seconds_before_notebook_01(tmp_path):
+    started = time.perf_counter()
+    args = ["-p", "epochs", "abc", "-p", "batch_size", "0", "-p", "dropout", "1.5", "-p", "lr", "-1",
+            "--out", str(tmp_path / "executed")]
+    done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args], cwd=environment.REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    for field in ("epochs = 'abc'", "batch_size = 0", "dropout = 1.5", "lr = -1"):
+        assert field in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "executed").exists()
+    assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "device", "cuda"], 'device="cuda" was requested'),
+    (["-p", "run_dir", "/proc/cannot-write-here"], "run_dir"),
+    (["-p", "figures_dir", "{blocker}/figures"], "is a file, not a folder"),
+    (["-p", "epoch", "3"], "unknown parameter(s) ['epoch']"),
+    (["-p", "profile", "fast"], "choose the profile with --profile"),
+])
+def test_run_py_refuses_a_missing_device_unwritable_outputs_and_unknown_names(tmp_path, args, message):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [a.format(blocker=blocker) for a in args]
+    done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args, "--out", str(tmp_path / "x")],
+                          cwd=environment.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
