@@ -6,15 +6,21 @@
     python run.py --profile paper -p epochs 30 -p tta true
     python run.py --list                  # the profiles there are
 
-Each notebook gets the profile's values (configs/<profile>.yaml, as `papermill -f` would) plus the
-`-p KEY VALUE` overrides (VALUE read as YAML: 30, 0.05, true, null, [48, 96, 128, 364]), but only
-the names its `parameters` cell declares. Executed copies go to runs/<profile>/ (or --out) under the
-same file names. The first notebook that fails stops the run with a non-zero exit, naming the
-notebook, the cell and the error; its executed copy, traceback included, is kept.
+Each notebook gets the profile's values (configs/<profile>.yaml over utils.config.Config's defaults)
+plus the `-p KEY VALUE` overrides (VALUE read as YAML: 30, 0.05, true, null, [48, 96, 128, 364]);
+any Config field may be set, whether or not a notebook's `parameters` cell declares it. The whole
+configuration is validated, the device checked and the output folders probed before notebook 01
+starts: a bad value fails in seconds with exit code 2. Executed copies go to runs/<profile>/ (or
+--out) under the same file names, with one text line per training epoch instead of progress bars.
+The first notebook that fails stops the run with exit code 1, naming the notebook, the cell and the
+error; its executed copy, traceback included, is kept. Ctrl-C stops with exit code 130; the
+checkpoints are whole, and the same command resumes training where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,11 +28,27 @@ from typing import Any
 
 import yaml
 
-from utils.config import REPO_ROOT, Config, available_profiles, profile_path, read_profile
+from utils.config import (
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    available_profiles,
+    load_config,
+    profile_path,
+    read_profile,
+    unknown_names,
+)
+from utils.device import PROGRESS_ENV, DeviceError, resolve_device
+from utils.environment import OutputError, ensure_writable
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_kaggle_submit.ipynb"]
 KERNEL = "python3"
+INTERRUPTED = 130          # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
+
+
+class UsageError(Exception):
+    """A bad command line or configuration: reported in one message, exit code 2, before any notebook runs."""
 
 
 def default_profile() -> tuple[str, str]:
@@ -44,14 +66,28 @@ def describe(name: str) -> str:
     return ""
 
 
-def parse_overrides(pairs: list[list[str]], declared: set[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
     values = {key: yaml.safe_load(value) for key, value in pairs}
     if "profile" in values:
-        raise SystemExit("run.py: choose the profile with --profile NAME, not -p profile")
-    unknown = sorted(set(values) - declared)
+        raise UsageError("run.py: choose the profile with --profile NAME, not -p profile")
+    unknown = unknown_names(values)
     if unknown:
-        raise SystemExit(f"run.py: unknown parameter(s) {unknown}; the notebooks declare: {', '.join(sorted(declared))}")
+        raise UsageError(f"run.py: unknown parameter(s) {unknown}; valid names are the fields of "
+                         f"utils.config.Config: {', '.join(Config.field_names())}")
     return values
+
+
+def check_run(profile: str, overrides: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """The validated Config, its device and its output folders; the parameters every notebook gets."""
+    try:
+        cfg = load_config(profile, **overrides)
+        resolve_device(cfg.device)
+        for setting, folder in (("run_dir", cfg.run_path), ("figures_dir", cfg.figures_path),
+                                ("submission_path", cfg.submission_file.parent)):
+            ensure_writable(folder, setting)
+    except (ConfigError, DeviceError, OutputError) as err:
+        raise UsageError(f"run.py: {err}") from None
+    return cfg, {**read_profile(profile), **overrides, "profile": profile}
 
 
 def check_kernel() -> None:
@@ -60,37 +96,59 @@ def check_kernel() -> None:
     try:
         argv0 = KernelSpecManager().get_kernel_spec(KERNEL).argv[0]
     except NoSuchKernel:
-        raise SystemExit(f"run.py: no '{KERNEL}' Jupyter kernel; install one with: {sys.executable} -m ipykernel install --user")
+        raise UsageError(f"run.py: no '{KERNEL}' Jupyter kernel; install one with: "
+                         f"{sys.executable} -m ipykernel install --user") from None
     # jupyter_client replaces a bare `python` / `python3` with sys.executable; anything else is used as is.
-    if argv0 not in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"} and \
-            Path(argv0).resolve() != Path(sys.executable).resolve():
+    bare = {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"}
+    if argv0 not in bare and Path(argv0).resolve() != Path(sys.executable).resolve():
         print(f"run.py: warning: the '{KERNEL}' kernel runs {argv0}, not {sys.executable}; to use this "
               f"environment: {sys.executable} -m ipykernel install --user --name {KERNEL}", file=sys.stderr)
 
 
+def quiet_kernels(log_path: Path):
+    """A kernel manager whose kernels write their process-level stderr (transport warnings, shutdown noise after
+    Ctrl-C) to `log_path` instead of this terminal; what cells print still goes into the notebooks."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            with open(log_path, "ab") as log:
+                kw["stderr"] = log
+                await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return QuietKernelManager
+
+
 def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, log_output: bool = False) -> int:
+    cfg, params = check_run(profile, parse_overrides(overrides))
+    check_kernel()
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    declared = {nb: set(pm.inspect_notebook(str(NOTEBOOK_DIR / nb))) for nb in NOTEBOOKS}
-    params = {**read_profile(profile), **parse_overrides(overrides, set().union(*declared.values()))}
-    params["profile"] = profile
-    check_kernel()
     out_dir = out_dir or REPO_ROOT / "runs" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = Config.from_params(params)
+    # Every notebook gets every field; the setup cell reads them from its globals, declared or not.
+    logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
+    os.environ[PROGRESS_ENV] = "lines"       # the kernels inherit it: epoch lines, not frozen widget bars
+    kernel_manager = quiet_kernels(out_dir / "kernels.log")
     print(f"profile {profile}: executed notebooks -> {out_dir}, checkpoints -> {cfg.run_path}, "
           f"figures -> {cfg.figures_path}, submission -> {cfg.submission_file}")
+    for note in cfg.notes():
+        print(note)
 
     timings = []
     for i, nb in enumerate(NOTEBOOKS, 1):
-        passed = {k: v for k, v in params.items() if k in declared[nb] or k == "profile"}
         output = out_dir / nb
         print(f"\n[{i}/{len(NOTEBOOKS)}] {nb}", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(str(NOTEBOOK_DIR / nb), str(output), parameters=passed, kernel_name=KERNEL,
-                                cwd=str(NOTEBOOK_DIR), progress_bar=True, log_output=log_output)
+            pm.execute_notebook(str(NOTEBOOK_DIR / nb), str(output), parameters=params, kernel_name=KERNEL,
+                                cwd=str(NOTEBOOK_DIR), progress_bar=True, log_output=log_output,
+                                kernel_manager_class=kernel_manager)
+        except KeyboardInterrupt:
+            print(f"\nrun.py: interrupted during {nb}. Checkpoints in {cfg.run_path} are whole; run the same "
+                  "command again to resume (03_train continues from last.pt).", file=sys.stderr)
+            return INTERRUPTED
         except PapermillExecutionError as err:
             source = "\n".join("    " + line for line in err.source.splitlines()[:6])
             print(f"\nrun.py: {nb} FAILED in cell In [{err.exec_count}] (papermill's cell index {err.cell_index}):\n"
@@ -118,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter (VALUE parsed as YAML); repeatable")
     parser.add_argument("--list", action="store_true", help="list the profiles and exit")
     parser.add_argument("--out", type=Path, help="folder for the executed notebooks; default runs/<profile>/")
-    parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output (training bars too)")
+    parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output (training lines too)")
     args = parser.parse_args(argv)
 
     if args.list:
         for name in available_profiles():
-            print(f"{name:<10} {describe(name)}")
+            print(f"{name:<12} {describe(name)}")
         return 0
     profile = args.profile
     if profile is None:
@@ -132,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     if profile not in available_profiles():
         print(f"run.py: no profile '{profile}'; available: {', '.join(available_profiles())}", file=sys.stderr)
         return 2
-    return run(profile, args.parameter, out_dir=args.out, log_output=args.log_output)
+    try:
+        return run(profile, args.parameter, out_dir=args.out, log_output=args.log_output)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nrun.py: interrupted before any notebook ran; nothing was changed.", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":
