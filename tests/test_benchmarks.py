@@ -1,4 +1,4 @@
-"""benchmarks/bench_train.py end to end on real CIFAR-10, with tiny settings (a few seconds of steps)."""
+"""benchmarks/bench_train.py and compare_profiles.py end to end on real CIFAR-10, with tiny settings."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from utils.device import decide
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks" / "bench_train.py"
+COMPARE = REPO_ROOT / "benchmarks" / "compare_profiles.py"
 
 
 @pytest.mark.slow
@@ -37,3 +41,27 @@ def test_bench_train_reports_both_pipelines_as_json(cifar_dir):
     assert (result["batch_size"], result["steps"], result["warmup"], result["workers"]) == (16, 2, 1, 0)
     assert result["device"] == "cpu" and result["device_name"] and result["torch"] and result["threads"] >= 1
     assert result["train_images_available"] == 256
+    # The paper pipeline runs as the paper ran (fp32, contiguous); the project one as utils.device decides.
+
+    expected = decide(torch.device("cpu"))
+    assert (a["precision"], a["channels_last"]) == ("fp32", False)
+    assert (b["precision"], b["channels_last"]) == (expected.name, expected.channels_last)
+
+
+@pytest.mark.slow
+def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifar_dir, tmp_path):
+    cmd = [sys.executable, str(COMPARE), "--profiles", "paper", "leaderboard:val_fraction=0.1",
+           "--subset-per-class", "20", "--epochs", "1", "--device", "cpu", "--data-dir", str(cifar_dir),
+           "--corruption-images", "20", "--test-limit", "500", "--run-root", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = {r["profile"]: r for r in result["rows"]}
+    assert set(rows) == {"paper", "leaderboard:val_fraction=0.1"}
+    for row in rows.values():
+        assert row["epochs"] == 1 and row["train_images"] == 180 and row["val_images"] == 20
+        assert row["test_images"] == 500 and 0 <= row["mean_corruption_acc"] <= 1
+        assert 0 <= row["test_acc"] <= 1 and 0 <= row["test_acc_no_tta"] <= 1 and 0 <= row["best_val_acc"] <= 1
+    assert rows["paper"]["tta"] == "none" and rows["paper"]["test_acc"] == rows["paper"]["test_acc_no_tta"]
+    assert rows["leaderboard:val_fraction=0.1"]["tta"] == "flip_shift"
+    assert "| mean corruption acc |" in done.stdout
