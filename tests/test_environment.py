@@ -181,6 +181,13 @@ def test_colab_outputs_go_to_drive_under_the_repository_name(colab):
     assert env.resolve_output("submissions/submission.csv") == root / "submissions" / "submission.csv"
 
 
+def test_colab_finds_the_unlabeled_pickle_uploaded_to_the_shared_drive_folder(colab):
+    root = env.COLAB_MYDRIVE / REPO_ROOT.name
+    found = env.nolabel_candidates()
+    assert found[-2:] == [root / env.NOLABEL_FILE, root / "data" / env.NOLABEL_FILE]
+    assert root / env.NOLABEL_FILE not in env.nolabel_candidates(root / "elsewhere.pkl")   # explicit: only it
+
+
 def test_colab_refuses_drive_while_unmounted_then_mounts_once(colab):
     target = env.resolve_output("runs/paper/checkpoints")
     with pytest.raises(env.OutputError) as info:

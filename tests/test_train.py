@@ -420,3 +420,36 @@ def test_resume_false_starts_over_in_the_same_run_dir(tmp_path, splits):
     assert_same_weights(fresh.last_path, again.last_path)
     assert_same_weights(fresh.best_path, again.best_path)
     pd.testing.assert_frame_equal(without_time(fresh.history), without_time(again.history))
+
+
+# --- the CPU guard: full-data training on a CPU says how long it will take, then continues -------------
+def test_full_data_training_on_a_cpu_prints_a_time_estimate_from_its_first_steps(tmp_path, cifar, monkeypatch):
+    calls = []
+
+    def fake_epoch(run, epoch, progress, on_step, on_cpu_estimate=None):
+        calls.append(on_cpu_estimate)
+        if on_cpu_estimate is not None:
+            on_cpu_estimate(0.5)            # as measured over the first steps
+        return {"train_loss": 1.0, "train_acc": 0.5}
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", fake_epoch)
+    monkeypatch.setattr(train_mod, "validate", lambda run: None)
+    logged = []
+    cfg = tiny_cfg(tmp_path, "full", subset_per_class=0, epochs=3, batch_size=128)
+    fit(cfg, prepare_splits(cfg, cifar), progress=False, max_epochs_this_call=2, log=logged.append)
+    hours = 0.5 * 352 * 2 / 3600           # 45,000 images / 128 = 352 steps per epoch, 2 epochs in this call
+    guard = [line for line in logged if line.startswith("Training on the CPU")]
+    assert len(guard) == 1 and f"about {hours:.1f} h for the 2 epochs left" in guard[0] and "smoke" in guard[0]
+    assert calls[0] is not None and calls[1] is None          # measured once, in the first epoch of the call
+    logged.clear()
+    cfg = tiny_cfg(tmp_path, "subset", epochs=1)               # a subset: minutes, nothing to warn about
+    fit(cfg, prepare_splits(cfg, cifar), progress=False, log=logged.append)
+    assert not [line for line in logged if line.startswith("Training on the CPU")]
+
+
+def test_an_epoch_measures_seconds_per_step_over_its_first_steps_once(tmp_path, splits):
+    cfg = tiny_cfg(tmp_path, batch_size=8)
+    run = train_mod.build_run(cfg, splits, train_mod.decide(torch.device("cpu")))
+    measured = []
+    train_mod.train_one_epoch(run, 0, False, None, measured.append)
+    assert len(run.train_loader) > max(train_mod.CPU_GUARD_STEPS) and len(measured) == 1 and measured[0] > 0

@@ -352,7 +352,8 @@ def data_dirs(explicit: str | Path | None = None) -> list[Path]:
 def nolabel_candidates(explicit: str | Path | None = None, data_dir: str | Path | None = None,
                        filename: str = NOLABEL_FILE) -> list[Path]:
     """Where the unlabeled test pickle may be, in order: an explicit file only (relative to REPO_ROOT), else
-    $CIFAR10_DIR/filename, data_dir/filename, REPO_ROOT/data/filename, every match under KAGGLE_INPUT (depth 4)."""
+    $CIFAR10_DIR/filename, data_dir/filename, REPO_ROOT/data/filename, on Colab the Drive output folder (and its
+    data/), then every match under KAGGLE_INPUT (depth 4)."""
     if explicit:
         return [Path(os.path.abspath(_repo_path(explicit)))]
     env = _env_dir()
@@ -360,6 +361,8 @@ def nolabel_candidates(explicit: str | Path | None = None, data_dir: str | Path 
     if data_dir:
         found.append(_repo_path(data_dir) / filename)
     found.append(REPO_ROOT / "data" / filename)
+    if _platform(None) == "colab":       # uploaded to the Drive folder the notebooks share (the clone is per machine)
+        found += [output_root() / filename, output_root() / "data" / filename]
     found += [d / filename for d in walk_dirs(KAGGLE_INPUT, NOLABEL_SEARCH_DEPTH) if (d / filename).is_file()]
     return _unique(found)
 
