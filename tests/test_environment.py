@@ -538,3 +538,41 @@ def test_style():
     assert "from __future__ import annotations" in lines
     assert [i for i, line in enumerate(lines, 1) if len(line) > 120] == []
     assert [i for i, line in enumerate(lines, 1) if line.rstrip().endswith("\\")] == []
+
+
+# --------------------------------------------------------------------------------------------
+# utils.notebook.setup: what every notebook does after its setup cell found the code
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def installs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(env, "install_missing", lambda path: calls.append(Path(path)) or ["nothing to install"])
+    return calls
+
+
+def test_notebook_setup_on_colab_installs_what_is_missing_mounts_drive_and_writes_there(colab, installs):
+    from utils.notebook import setup
+    cfg, device = setup({"profile": "smoke", "device": "cpu", "epochs": 3})
+    assert installs == [REPO_ROOT / "requirements.txt"] and colab == [str(env.COLAB_DRIVE)]
+    root = env.COLAB_MYDRIVE / REPO_ROOT.name
+    assert cfg.run_path == root / "runs" / "smoke" / "checkpoints" and cfg.run_path.is_dir()
+    assert cfg.figures_path == root / "figures" and cfg.submission_file.parent.is_dir()
+    assert (cfg.profile, cfg.epochs, str(device)) == ("smoke", 3, "cpu")
+
+
+def test_notebook_setup_on_kaggle_writes_to_working(kaggle, installs):
+    from utils.notebook import setup
+    cfg, _ = setup({"profile": "smoke", "device": "cpu"})
+    assert installs and cfg.run_path == env.KAGGLE_WORKING / "runs" / "smoke" / "checkpoints"
+
+
+def test_notebook_setup_locally_installs_nothing_and_refuses_bad_values_before_any_work(installs, tmp_path):
+    from utils.config import ConfigError
+    from utils.notebook import setup
+    with pytest.raises(ConfigError, match=r"epochs = 0: expected an integer >= 1"):
+        setup({"profile": "smoke", "epochs": 0, "run_dir": str(tmp_path / "never")})
+    assert not installs and not (tmp_path / "never").exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(env.OutputError, match="is a file, not a folder"):
+        setup({"profile": "smoke", "device": "cpu", "run_dir": str(blocker / "ckpt")})
