@@ -215,7 +215,7 @@ class Config:
     mixup_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for MixUp; 0: off")
     cutmix_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for CutMix; 0: off")
     tta: str = choice("none", TTA_MODES)                 # test-time augmentation at evaluation and submission
-    corruption_images: int = integer(2000, min=0, note="test images per corruption and severity; 0: all")
+    corruption_images: int = integer(1000, min=0, note="test images per corruption and severity; 0: all")
     # --- runtime ---
     seed: int = integer(0, min=0)
     device: str = device_name_field("auto")      # auto: cuda, then mps, then cpu
