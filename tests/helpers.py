@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 
@@ -15,3 +16,13 @@ def top_level_imports(path: Path) -> set[str]:
             assert node.level == 0, f"{path.name}: no relative imports, it sits below the other utils modules"
             roots.add(node.module.split(".")[0])
     return roots
+
+
+class RunsCommand:
+    """Unpickling this runs a shell command that touches `marker` (what a hostile pickle or checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

@@ -1,10 +1,10 @@
 """Checkpoint files are read without running code, and the first release's format still loads."""
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import RunsCommand
 from torch.optim.swa_utils import AveragedModel
 
 from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_trained_model
@@ -13,16 +13,6 @@ from utils.model import build_model
 from utils.train import EMA
 
 TINY = Config(channels=[8, 16], blocks=[1, 1])
-
-
-class _RunsCommand:
-    """Unpickling this runs a shell command (what a hostile checkpoint would do)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def plain_torch_load_in_a_child(path):
@@ -35,7 +25,7 @@ def plain_torch_load_in_a_child(path):
 def test_a_checkpoint_that_would_run_a_command_is_refused_and_the_command_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "best.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "payload": _RunsCommand(marker)}, path)
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "payload": RunsCommand(marker)}, path)
     # The payload really is hostile: a plain torch.load runs the command.
     done = plain_torch_load_in_a_child(path)
     assert done.returncode == 0, done.stderr

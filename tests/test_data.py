@@ -1,11 +1,11 @@
 """Loading, validating, splitting and feeding CIFAR-10: tiny temp layouts plus the real files."""
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import RunsCommand
 from layouts import CLASSES, batch_dict, dump, images_for, make_layout, to_rows
 
 from utils import data, environment
@@ -107,17 +107,9 @@ def test_bad_unlabeled_pickle_is_refused_with_reason(tmp_path, obj, message):
     assert str(path) in str(err.value)
 
 
-class _RunsCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_malicious_pickle_is_refused_and_its_command_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    payload = pickle.dumps({b"data": _RunsCommand(marker), b"ids": [0]})
+    payload = pickle.dumps({b"data": RunsCommand(marker), b"ids": [0]})
     # The payload really is hostile: plain pickle would run the command.
     pickle.loads(payload)
     assert marker.exists()
