@@ -512,14 +512,6 @@ def test_version_at_least(monkeypatch, installed, lower, expected, with_packagin
 # --------------------------------------------------------------------------------------------
 # Small helpers and the module's place in the package
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url, expected", [
-    (env.PLACEHOLDER_REPO_URL, True), ("https://github.com/YOUR-USER/YOUR-REPO.git", True),
-    ("https://github.com/your-user/cifar.git", True), ("https://github.com/alice/cifar10.git", False),
-])
-def test_placeholder_repo_url(url, expected):
-    assert env.placeholder_repo_url(url) is expected
-
-
 def test_only_standard_library_imports():
     imported = top_level_imports(MODULE_FILE)
     foreign = imported - set(sys.stdlib_module_names) - {"packaging", "__future__", "google"}

@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -98,13 +97,6 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
     load_state_checked(model, ckpt["model"], str(path))
     model.to(device).eval()
     return model, ckpt
-
-
-def read_history(run_dir: str | Path) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no training history here; run notebook 03 (or utils.train.fit) first.")
-    return pd.read_csv(path)
 
 
 def find_checkpoint(cfg: Config, name: str = "best.pt") -> Path:

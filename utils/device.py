@@ -79,7 +79,7 @@ import torch
 
 __all__ = [
     "DeviceError", "Precision", "cpu_flags", "cpu_has_native_bf16", "gpu_arch_supported", "check_device",
-    "compile_allowed", "decide", "resolve", "device_name", "pick_device", "resolve_device", "seed_everything",
+    "compile_allowed", "decide", "device_name", "pick_device", "resolve_device", "seed_everything",
     "rng_state", "set_rng_state", "progress_bars", "PROGRESS_ENV", "synchronize", "timed",
 ]
 
@@ -307,13 +307,6 @@ def decide(device: torch.device | str, amp: bool = True, channels_last: bool = T
         reason += f"; compile=True ignored: {no_compile}"
     return Precision(device=device, dtype=dtype, channels_last=nhwc, grad_scaler=scaler, compile=compiled,
                      reason=reason)
-
-
-def resolve(device: torch.device | str, amp: bool = True, channels_last: bool = True,
-            compile: bool = False) -> Precision:
-    """check_device, then decide on the real hardware: what training calls (e.g. with a Config's fields)."""
-    check_device(device)
-    return decide(device, amp, channels_last, compile)
 
 
 def device_name(device: torch.device | str) -> str:

@@ -78,7 +78,6 @@ DATA_SEARCH_DEPTH = 4
 NOLABEL_SEARCH_DEPTH = 4
 CHECKPOINT_SEARCH_DEPTH = 6
 
-PLACEHOLDER_REPO_URL = "https://github.com/YOUR-USER/YOUR-REPO.git"
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,14 +497,8 @@ def install_missing(requirements_file: str | Path, run: Callable[..., object] = 
 
 
 # --------------------------------------------------------------------------------------------
-# Small helpers for the notebooks' setup cells
+# One line for the notebooks' setup
 # --------------------------------------------------------------------------------------------
-def placeholder_repo_url(url: str) -> bool:
-    """`url` is still the template's placeholder (https://github.com/YOUR-USER/YOUR-REPO.git) or a part of it."""
-    text = url.strip().upper()
-    return "YOUR-USER" in text or "YOUR-REPO" in text
-
-
 def describe(platform: str | None = None) -> str:
     """One line: the platform, where outputs go, and whether they persist."""
     platform = _platform(platform)
