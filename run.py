@@ -4,6 +4,7 @@
     python run.py                         # `paper` with a CUDA GPU, else `smoke`
     python run.py --profile smoke         # configs/smoke.yaml
     python run.py --profile paper -p epochs 30 -p tta true
+    python run.py --profile leaderboard -p member 1   # train ensemble member 1 alone (members over machines)
     python run.py --list                  # the profiles there are
 
 Each notebook gets the profile's values (configs/<profile>.yaml over utils.config.Config's defaults)
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from utils import platforms
 from utils.config import (
     REPO_ROOT,
     Config,
@@ -39,7 +41,6 @@ from utils.config import (
     unknown_names,
 )
 from utils.device import PROGRESS_ENV, DeviceError, resolve_device
-from utils.environment import OutputError, ensure_writable
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_kaggle_submit.ipynb"]
@@ -84,10 +85,19 @@ def check_run(profile: str, overrides: dict[str, Any]) -> tuple[Config, dict[str
         resolve_device(cfg.device)
         for setting, folder in (("run_dir", cfg.run_path), ("figures_dir", cfg.figures_path),
                                 ("submission_path", cfg.submission_file.parent)):
-            ensure_writable(folder, setting)
-    except (ConfigError, DeviceError, OutputError) as err:
+            platforms.ensure_writable(folder, setting)
+    except (ConfigError, DeviceError, platforms.OutputError) as err:
         raise UsageError(f"run.py: {err}") from None
     return cfg, {**read_profile(profile), **overrides, "profile": profile}
+
+
+def member_plan(cfg: Config) -> str:
+    """What `members` / `-p member K` mean for this run: which members 03 trains, where, and what 04 / 05 use."""
+    trains = (f"member {cfg.member} alone (into {cfg.member_path(cfg.member)}; the others can train elsewhere with "
+              f"-p member K and be copied into {cfg.run_path})" if cfg.member is not None
+              else f"members 0-{cfg.members - 1}, one process each, one per GPU at a time")
+    return (f"members: 03_train trains {trains}; 04_analysis and 05_kaggle_submit use every finished member found "
+            f"under {cfg.run_path} (member k >= 1 in member-k/).")
 
 
 def check_kernel() -> None:
@@ -116,6 +126,10 @@ def quiet_kernels(log_path: Path):
                 kw["stderr"] = log
                 await super()._async_launch_kernel(kernel_cmd, **kw)
 
+        # jupyter_client 7.4.9 (Colab's and Kaggle's pin: googlecolab/backend-info pip-freeze.gpu.txt) starts the
+        # kernel through `_launch_kernel`, bound to the base class's function; 8.x through `_async_launch_kernel`.
+        _launch_kernel = _async_launch_kernel
+
     return QuietKernelManager
 
 
@@ -131,10 +145,13 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, l
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     os.environ[PROGRESS_ENV] = "lines"       # the kernels inherit it: epoch lines, not frozen widget bars
     kernel_manager = quiet_kernels(out_dir / "kernels.log")
+    print(platforms.describe())   # which platform (and the signal that decided it), where relative outputs go
     print(f"profile {profile}: executed notebooks -> {out_dir}, checkpoints -> {cfg.run_path}, "
           f"figures -> {cfg.figures_path}, submission -> {cfg.submission_file}")
     for note in cfg.notes():
         print(note)
+    if cfg.members > 1 or cfg.member is not None:
+        print(member_plan(cfg))
 
     timings = []
     for i, nb in enumerate(NOTEBOOKS, 1):

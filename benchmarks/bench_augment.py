@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Images/s on the training device of (a) the project's crop+flip (utils.data.random_crop/random_flip),
+"""Images/s on the training device of (a) the project's crop+flip (utils.loader.random_crop/random_flip),
 (b) crop+flip + per-image TrivialAugment (utils.augment) and (c) the CustomResNet training step they feed
-(utils.train.train_step with the precision utils.device.decide picks for the device, as training uses).
+(utils.train.update_weights with the execution plan utils.device.decide picks for the device, as training uses).
 Input: uint8 batches already on the device (random pixels: every op runs on every image, so cost does not depend
 on content); the TrivialAugment draws of all steps go to the device in one copy, as the loader's do. `--warmup`
 untimed steps, then `--steps` timed as one block, synchronised only before and after it.
@@ -23,10 +23,10 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from utils.augment import draw_trivial_augment, trivial_augment  # noqa: E402
-from utils.data import random_crop, random_flip  # noqa: E402
 from utils.device import decide, device_name, pick_device, timed  # noqa: E402
+from utils.loader import random_crop, random_flip  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
-from utils.train import train_step  # noqa: E402
+from utils.train import update_weights  # noqa: E402
 
 
 def main() -> None:
@@ -59,18 +59,18 @@ def main() -> None:
         seconds, _ = timed(fn, args.warmup, args.steps, device)
         rates[f"{name}_images_per_s"] = args.steps * bs / seconds
     if args.model_steps:
-        precision = decide(device)
-        model = CustomResNet().to(device, memory_format=precision.memory_format()).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, **precision.optimizer_kwargs())
-        criterion, scaler = torch.nn.CrossEntropyLoss(), precision.make_scaler()
-        xf = x.float().div(255).contiguous(memory_format=precision.memory_format())
+        plan = decide(device)
+        model = CustomResNet().to(device, memory_format=plan.memory_format()).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, **plan.optimizer_kwargs())
+        criterion, scaler = torch.nn.CrossEntropyLoss(), plan.make_scaler()
+        xf = x.float().div(255).contiguous(memory_format=plan.memory_format())
         y = (x[:, 0, 0, 0] % 10).long()
 
         def step() -> torch.Tensor:   # (c): forward, loss, backward, optimizer step
-            return train_step(model, xf, y, optimizer, criterion, precision, scaler)[0]
+            return update_weights(model, xf, y, optimizer, criterion, plan, scaler)[0]
 
         seconds, _ = timed(step, 1, args.model_steps, device)
-        rates["model_precision"] = precision.name
+        rates["model_precision"] = plan.name
         rates["model_train_images_per_s"] = args.model_steps * bs / seconds
         aug_s = 1 / rates["crop_flip_trivial_augment_images_per_s"] - 1 / rates["crop_flip_images_per_s"]
         rates["trivial_augment_share_of_step"] = aug_s / (aug_s + 1 / rates["model_train_images_per_s"])

@@ -4,10 +4,10 @@
 (a) `paper`:   torchvision-style Dataset (uint8 -> PIL -> RandomCrop(32, padding=4), RandomHorizontalFlip,
                ToTensor, Normalize) batched by a DataLoader with `--workers` processes, each batch copied to the
                device every step; fp32, contiguous tensors, as the paper ran.
-(b) `project`: utils.data.DeviceLoader (uint8 dataset resident on the device, crop + flip on whole batches there)
-               with the precision, layout and compilation `utils.device.decide` picks for the device.
-Both use utils.train.train_step (the step the trainer takes), the same initial weights (checked), the paper's
-SGD and the same arrays (utils.data.load_cifar10; `--train-images N` takes the first N). Each pipeline runs in a
+(b) `project`: utils.loader.DeviceLoader (uint8 dataset resident on the device, crop + flip on whole batches there)
+               with the plan, layout and compilation `utils.device.decide` picks for the device.
+Both use utils.train.update_weights (the step the trainer takes), the same initial weights (checked), the paper's
+SGD and the same arrays (utils.dataset.load_cifar10; `--train-images N` takes the first N). Each pipeline runs in a
 fresh process. Warm-up steps are untimed; the timed block is synchronised at both ends only. Peak memory: CUDA
 max_memory_allocated, or the CPU's peak RSS after the arrays are loaded. The last stdout line is one JSON object.
 
@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from utils.data import DeviceLoader, channel_stats, load_cifar10  # noqa: E402
+from utils.dataset import channel_stats, load_cifar10  # noqa: E402
 from utils.device import decide, device_name, pick_device, timed  # noqa: E402
+from utils.loader import DeviceLoader  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
-from utils.train import train_step  # noqa: E402
+from utils.train import update_weights  # noqa: E402
 
 PIPELINES = ("paper", "project")
 DEFAULTS = {"cpu": (2, 8, 1, 4), "other": (20, 100, 5, 20)}   # warmup, steps, eval warmup, eval steps
@@ -80,20 +81,20 @@ def run_pipeline(args: argparse.Namespace, which: str) -> dict:
     clear_refs = Path("/proc/self/clear_refs")
     if device.type == "cpu" and clear_refs.exists():   # the peak RSS from here on: not the pickle loading both share
         clear_refs.write_text("5")
-    precision = (decide(device, amp=False, channels_last=False) if which == "paper"
+    plan = (decide(device, amp=False, channels_last=False) if which == "paper"
                  else decide(device, True, True, args.compile))
     torch.manual_seed(args.seed)
-    model = CustomResNet().to(device, memory_format=precision.memory_format())
+    model = CustomResNet().to(device, memory_format=plan.memory_format())
     checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
-                                **precision.optimizer_kwargs())
-    criterion, scaler = torch.nn.CrossEntropyLoss(), precision.make_scaler()
-    step_model = torch.compile(model) if precision.compile else model
+                                **plan.optimizer_kwargs())
+    criterion, scaler = torch.nn.CrossEntropyLoss(), plan.make_scaler()
+    step_model = torch.compile(model) if plan.compile else model
     if which == "project":
         train = DeviceLoader(x_train, y_train, mean, std, args.batch_size, device, train=True, seed=args.seed,
-                             channels_last=precision.channels_last)
+                             channels_last=plan.channels_last)
         test = DeviceLoader(data.test_images, data.test_labels, mean, std, args.batch_size, device,
-                            channels_last=precision.channels_last)
+                            channels_last=plan.channels_last)
     else:
         train = paper_loader(x_train, y_train, mean, std, args.batch_size, True, args)
         test = paper_loader(data.test_images, data.test_labels, mean, std, args.batch_size, False, args)
@@ -104,11 +105,11 @@ def run_pipeline(args: argparse.Namespace, which: str) -> dict:
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     def step():
-        return train_step(step_model, *fetch(batches), optimizer, criterion, precision, scaler)[0]
+        return update_weights(step_model, *fetch(batches), optimizer, criterion, plan, scaler)[0]
 
     @torch.no_grad()
     def infer():
-        with precision.autocast():
+        with plan.autocast():
             return step_model(fetch(eval_batches)[0]).argmax(1)
 
     model.train()
@@ -120,7 +121,7 @@ def run_pipeline(args: argparse.Namespace, which: str) -> dict:
     return {"pipeline": which, "train_images_per_s": args.steps * args.batch_size / train_s,
             "step_ms": 1000 * train_s / args.steps, "final_loss": float(loss),
             "infer_images_per_s": args.eval_steps * args.batch_size / infer_s, "peak_mem_mb": peak,
-            "precision": precision.name, "channels_last": precision.channels_last, "compiled": precision.compile,
+            "precision": plan.name, "channels_last": plan.channels_last, "compiled": plan.compile,
             "init_checksum": checksum, "device": str(device), "device_name": device_name(device),
             "threads": torch.get_num_threads(), "train_images_available": len(x_train)}
 

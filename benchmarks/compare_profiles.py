@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from utils.config import Config, load_config, parse_spec  # noqa: E402
-from utils.data import load_cifar10, prepare_splits  # noqa: E402
+from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
 from utils.device import decide, device_name, resolve_device  # noqa: E402
 from utils.evaluate import evaluate_checkpoint  # noqa: E402
 from utils.train import fit  # noqa: E402
@@ -56,8 +56,8 @@ def run_profile(spec: str, args: argparse.Namespace, data) -> dict:
     result = fit(cfg, splits, progress=False)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    precision = decide(device, cfg.amp, cfg.channels_last)
-    scores = {**evaluate_checkpoint(result.best_path, cfg, splits, precision), "precision": precision.name}
+    plan = decide(device, cfg.amp, cfg.channels_last)
+    scores = {**evaluate_checkpoint(result.best_path, cfg, splits, plan), "precision": plan.name}
     hist = result.history
     row = {"profile": spec, "epochs": len(hist), "train_images": len(splits.train_labels),
            "val_images": len(splits.val_labels), "test_images": len(splits.test_labels),

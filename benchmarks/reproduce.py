@@ -3,16 +3,16 @@
 
 Phases, for each profile (configs/<name>.yaml, or `name:field=value,...` as in benchmarks/compare_profiles.py; a
 spec's own overrides win over this script's flags):
-  probe     time a few training steps of each profile (utils.train.build_run + train_step; 10 warm-up + 20 timed
-            on a GPU, 1 + 2 elsewhere) and estimate its run; on CUDA count the host syncs of a few steps
-            (torch.cuda.set_sync_debug_mode("warn")); --compile-probe also times torch.compile (default, max-autotune);
+  probe     (benchmarks/probe.py) time a few training steps of each profile (10 warm-up + 20 timed on a GPU, 1 + 2
+            elsewhere) and estimate its run; on CUDA count the host syncs of a few steps; --compile-probe also times
+            torch.compile (default, max-autotune);
   plan      with --time-budget-s, keep the runs that fit, in the order given; the others are listed as skipped;
   train     utils.train.fit, checkpoints in --run-root/<spec>/, resumed from last.pt (a finished run is only
             re-evaluated); --parallel runs every profile in its own process on the same GPU at once (a 5M-parameter
             model at batch 128 leaves an H100 idle between kernels), and marks their rows shared_gpu;
   evaluate  best.pt: clean validation, the labeled test set with and without the profile's TTA, and the mean
             accuracy under utils.corruptions (on the profile's corruption_images);
-  write     --out gets results.json (every number), results.md (the README's table rows), history-<spec>.csv and
+  write     --out gets results.json (every number), results.md (the README's results rows), history-<spec>.csv and
             reproduce.log; last, benchmarks/bench_train.py runs on the same device and its JSON goes under "bench".
 
 Why: GPU time is scarce (minutes now and then, on a bare machine without network, and only a few small files come
@@ -20,8 +20,8 @@ back), so the whole evidence comes from ONE prepared call, and whatever is finis
 results and histories are rewritten whole (utils.files) after every epoch and every run, the log is flushed line by
 line, and checkpoints stay in --run-root. A timeout or a kill loses the epoch in progress; the same call resumes.
 
-The GPU command the README quotes (first copy ../shared/data/cifar10-jpg.tar.gz and make_cifar10.py into .device/,
-which git ignores):
+The GPU command docs/reproduction.md quotes (first copy ../shared/data/cifar10-jpg.tar.gz and make_cifar10.py
+into .device/, which git ignores):
 
     mkdir -p $OUT/reproduce && PYTHONUNBUFFERED=1 python .device/make_cifar10.py .device/data && \\
     CIFAR10_DIR=.device/data python benchmarks/reproduce.py --profiles paper fast --device cuda --parallel \\
@@ -40,7 +40,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +48,16 @@ sys.path.insert(0, str(REPO_ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.probe import fmt_time, plan_of, plan_runs, probe  # noqa: E402
 from utils.config import Config, load_config, parse_spec  # noqa: E402
-from utils.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
-from utils.data import load_cifar10, prepare_splits  # noqa: E402
-from utils.device import decide, device_name, resolve_device, seed_everything  # noqa: E402
-from utils.evaluate import evaluate_checkpoint, tta_views  # noqa: E402
+from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
+from utils.device import device_name, resolve_device  # noqa: E402
+from utils.evaluate import evaluate_checkpoint  # noqa: E402
 from utils.files import write_json, write_text  # noqa: E402
-from utils.train import build_run, fit, optimizer_step  # noqa: E402
+from utils.train import fit  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+\d+\s+train loss")      # utils.train.epoch_line: fit logs one per epoch
 ROW_FILE = "reproduce-row.json"          # a run's row beside its checkpoints, rewritten every epoch
-PROBE_STEPS = {"cuda": (10, 20), "other": (1, 2)}          # warm-up, timed
-SYNC_CHECK_STEPS = 5                     # steps watched by the CUDA sync debug mode (fit syncs every 25)
 BENCH_CPU = "--train-images 256 --batch-size 16 --warmup 1 --steps 2 --eval-warmup 1 --eval-steps 1 --workers 0"
 EVAL_FIELDS = ("val_acc", "test_acc", "test_acc_no_tta", "mean_corruption_acc", "eval_seconds")
 
@@ -90,118 +87,8 @@ def spec_config(spec: str, args: argparse.Namespace) -> Config:
                                 "resume": True, **{k: v for k, v in given.items() if v is not None}, **overrides})
 
 
-def precision_of(cfg: Config):
-    return decide(resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.compile)
-
-
-def fmt_time(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
-
-
 def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f} %"
-
-
-# --- probe and plan ---------------------------------------------------------------------------------------------
-def time_steps(cfg: Config, splits, precision, warmup: int, timed: int, compile_mode: str | None = None,
-               sync_steps: int = 0) -> tuple[float, list[str] | None, int]:
-    """Seconds per training image over `timed` steps of a throwaway run (fit's loop body: next batch, mixer,
-    train_step, schedule, EMA), the host-sync warnings of `sync_steps` more steps on CUDA (with 352 steps per epoch
-    on the full data they stay inside the first epoch), and the steps per epoch."""
-    device = precision.device
-    run = build_run(cfg.replace(epochs=cfg.epochs + warmup + timed + sync_steps), splits, precision)
-    if compile_mode:
-        run.step_model = torch.compile(run.model, **({} if compile_mode == "default" else {"mode": compile_mode}))
-
-    def epochs():
-        for epoch in range(10**9):
-            run.train_loader.set_epoch(epoch)
-            yield from run.train_loader
-
-    def step(x, y):
-        optimizer_step(run, x, y)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    batches = epochs()
-    run.model.train()
-    for _ in range(warmup):
-        step(*next(batches))
-    sync()
-    start, images = time.perf_counter(), 0
-    for _ in range(timed):
-        x, y = next(batches)
-        step(x, y)
-        images += len(y)
-    sync()
-    per_image, warned = (time.perf_counter() - start) / images, None
-    if sync_steps and device.type == "cuda":
-        mode = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")    # "called a synchronizing CUDA operation" per sync
-            try:
-                for _ in range(sync_steps):
-                    step(*next(batches))
-            finally:
-                torch.cuda.set_sync_debug_mode(mode)
-        warned = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
-    return per_image, warned, len(run.train_loader)
-
-
-def probe(spec: str, cfg: Config, data, compile_probe: bool, log) -> dict:
-    """Time a few steps of `cfg`; estimate its run as epochs left x training images x seconds per image, plus the
-    validation and final evaluation images (x TTA views) at a third of that each (a forward pass, no backward)."""
-    precision = precision_of(cfg)
-    cuda = precision.device.type == "cuda"
-    seed_everything(cfg.seed, cfg.deterministic)
-    splits = prepare_splits(cfg, data)
-    warmup, timed = PROBE_STEPS["cuda" if cuda else "other"]
-    per_image, warned, steps_per_epoch = time_steps(cfg, splits, precision, warmup, timed,
-                                                    sync_steps=SYNC_CHECK_STEPS if cuda else 0)
-    history = cfg.run_path / "history.csv"
-    epochs_left = max(0, cfg.epochs - (len(pd.read_csv(history)) if history.is_file() else 0))
-    n_train, n_val, n_test = len(splits.train_labels), len(splits.val_labels), len(splits.test_labels)
-    views = len(tta_views(torch.zeros(1, 3, 8, 8), cfg.tta, torch.zeros(())))
-    n_corrupt = min(cfg.corruption_images or n_test, n_test) * (len(CORRUPTIONS) * len(SEVERITIES) + 1)
-    eval_images = (epochs_left + 1) * n_val + n_test * (1 + (views if views > 1 else 0)) + n_corrupt * views
-    step_s = per_image * cfg.batch_size
-    out = {"precision": precision.name, "seconds_per_step": step_s, "steps_per_second": 1 / step_s,
-           "steps_per_epoch": steps_per_epoch, "epochs_left": epochs_left, "warmup_steps": warmup, "timed_steps": timed,
-           "estimate_s": epochs_left * n_train * per_image + eval_images * per_image / 3,
-           "sync_warnings": None if warned is None else len(warned), "sync_messages": sorted(set(warned or []))[:3]}
-    if compile_probe:
-        out["compile"] = {"eager": 1 / step_s} if cuda else {"skipped": "torch.compile is probed on CUDA only"}
-        for mode in ("default", "max-autotune") if cuda else ():
-            try:
-                out["compile"][mode] = 1 / (cfg.batch_size * time_steps(cfg, splits, precision, warmup, timed, mode)[0])
-            except Exception as exc:   # no C compiler for Triton, an Inductor bug: record it and go on
-                out["compile"][mode] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-    if cuda:
-        torch.cuda.empty_cache()          # the throwaway runs' memory, before the real runs start
-    syncs = "" if warned is None else f"; host syncs in {SYNC_CHECK_STEPS} steps: {len(warned)}"
-    log(f"probe {spec}: {step_s:.3f} s/step ({1 / per_image:,.0f} img/s, {precision.name}), {steps_per_epoch} "
-        f"steps/epoch x {epochs_left} epochs left + evaluation: about {fmt_time(out['estimate_s'])}{syncs}"
-        + (f"; steps/s: {out['compile']}" if compile_probe else ""))
-    return out
-
-
-def plan(specs: list[str], probes: dict, budget: float | None, elapsed: float, log) -> tuple[list[str], list[dict]]:
-    """The runs that fit the time left, in the order given (estimates add up, also with --parallel: conservative)."""
-    keep, skipped, left = [], [], None if budget is None else budget - elapsed
-    for spec in specs:
-        estimate = probes[spec]["estimate_s"]
-        if left is None or estimate <= left:
-            keep.append(spec)
-            left = None if left is None else left - estimate
-            log(f"plan: run {spec} (estimate {fmt_time(estimate)})")
-        else:
-            skipped.append({"profile": spec, "estimate_s": estimate,
-                            "reason": f"does not fit the {max(left, 0):.0f} s left of --time-budget-s {budget:g}"})
-            log(f"plan: skip {spec}: estimate {fmt_time(estimate)} {skipped[-1]['reason']}")
-    return keep, skipped
 
 
 # --- train and evaluate -----------------------------------------------------------------------------------------
@@ -216,13 +103,13 @@ def training_numbers(hist: pd.DataFrame, n_train: int) -> dict:
 
 def train_and_evaluate(spec: str, cfg: Config, data, out: Path, shared: bool, say, refresh=lambda: None) -> dict:
     """fit (resuming), then evaluate best.pt; the run's row and history reach disk before each epoch line."""
-    precision, splits = precision_of(cfg), prepare_splits(cfg, data)
+    plan, splits = plan_of(cfg), prepare_splits(cfg, data)
     n_test, row_file, history = len(splits.test_labels), cfg.run_path / ROW_FILE, cfg.run_path / "history.csv"
     before = json.loads(row_file.read_text()) if row_file.is_file() else {}      # an earlier call's row
     shared_before = bool(before.get("shared_gpu")) and bool(before.get("epochs_run"))
     epochs_before = len(pd.read_csv(history)) if history.is_file() else 0
-    base = {"profile": spec, "device": str(precision.device), "device_name": device_name(precision.device),
-            "torch": torch.__version__, "precision": precision.name, "train_images": len(splits.train_labels),
+    base = {"profile": spec, "device": str(plan.device), "device_name": device_name(plan.device),
+            "torch": torch.__version__, "precision": plan.name, "train_images": len(splits.train_labels),
             "test_images": n_test, "corruption_images": min(cfg.corruption_images or n_test, n_test),
             **dict.fromkeys(EVAL_FIELDS)}
 
@@ -246,7 +133,7 @@ def train_and_evaluate(spec: str, cfg: Config, data, out: Path, shared: bool, sa
     try:
         result = fit(cfg, splits, progress=False, log=on_line)
         started = time.perf_counter()
-        scores = evaluate_checkpoint(result.best_path, cfg, splits, precision)
+        scores = evaluate_checkpoint(result.best_path, cfg, splits, plan)
         scores.pop("best_epoch")
     except Exception as exc:              # a non-finite loss, out of memory: record it, go on with the next run
         say(f"FAILED: {type(exc).__name__}: {exc}")
@@ -376,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         probes = {spec: probe(spec, cfg, data, args.compile_probe, log) for spec, cfg in configs.items()}
         log(f"probe: estimated total {fmt_time(sum(q['estimate_s'] for q in probes.values()))} for {len(probes)} "
             "runs one after the other")
-        planned, skipped = plan(args.profiles, probes, args.time_budget_s, time.perf_counter() - started, log)
+        planned, skipped = plan_runs(args.profiles, probes, args.time_budget_s, time.perf_counter() - started, log)
         state = {"bench": None, "probe": {"runs": probes, "budget_s": args.time_budget_s, "planned": planned},
                  "skipped": skipped}
 
@@ -390,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             for spec in planned:
                 train_and_evaluate(spec, configs[spec], data, out, False, lambda line, s=spec: log(f"[{s}] {line}"),
                                    refresh)
+        # Members timing (two ensemble members training one epoch side by side on one GPU vs one alone) goes here:
+        # one call whose result goes under state["members"], before the bench.
         over_budget = args.time_budget_s is not None and time.perf_counter() - started >= args.time_budget_s
         state["bench"] = ({"skipped": "--no-bench"} if args.no_bench else
                           {"skipped": "time budget spent"} if over_budget else bench(device, args, log))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data import BATCHES_SUBDIR, NOLABEL_FILE, TRAIN_FILES
+from utils.dataset import BATCHES_SUBDIR, NOLABEL_FILE, TRAIN_FILES
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 
 from utils import augment
 from utils.augment import NUM_BINS, NUM_OPS, OPS, SIGNED_OPS, draw_trivial_augment, trivial_augment
-from utils.data import BATCHES_SUBDIR, load_batch
+from utils.dataset import BATCHES_SUBDIR, load_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NEAREST = InterpolationMode.NEAREST

@@ -78,3 +78,15 @@ def test_a_first_release_checkpoint_loads_and_its_ema_is_converted(tmp_path):
     loaded, meta = load_trained_model(path)
     assert torch.equal(loaded.fc.weight, model.fc.weight) and not loaded.training
     assert Config.from_params(meta["config"]).tta == "flip"
+    assert meta["progress"] is None      # how far its run got was not recorded then (utils.ensemble asks last.pt)
+
+
+def test_the_progress_record_says_finished_at_the_schedules_end_or_when_stopped_early():
+    from utils.checkpoint import Progress, progress_record, read_progress
+    assert progress_record(3, 10, False, 1, 77) == {"epochs_done": 3, "epochs_planned": 10, "finished": False,
+                                                    "stopped_early": False, "member": 1, "training_seed": 77}
+    assert progress_record(10, 10, False, 0, 0)["finished"] and progress_record(4, 10, True, 0, 0)["finished"]
+    progress = read_progress({"progress": progress_record(4, 10, True, 2, 5)}, "best.pt")
+    assert progress == Progress(4, 10, True, True, 2, 5) and progress.describe() == "4/10 epochs, stopped early"
+    unfinished = read_progress({"progress": progress_record(3, 10, False, 0, 0)}, "x")
+    assert unfinished.describe() == "3/10 epochs, NOT finished"

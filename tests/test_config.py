@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from utils import environment
+from utils import platforms
 from utils.config import (
     CONFIG_DIR,
     Config,
@@ -79,6 +79,13 @@ BAD_VALUES = [
     ("compile", 0, "true or false"),
     ("eval_batch_size", 0, "integer >= 1"),
     ("resume", "no", "true or false"),
+    ("members", 0, "integer >= 1"),
+    ("members", 1.5, "integer >= 1"),
+    ("member", -1, "integer >= 0 or null"),
+    ("member", "two", "integer >= 0 or null ('all')"),
+    ("max_epochs_this_call", -1, "integer >= 0 or null"),
+    ("monitor_every", -1, "integer >= 0"),
+    ("allow_unfinished", "yes", "true or false"),
 ]
 
 
@@ -103,6 +110,9 @@ def test_every_field_has_a_rule_and_a_bad_value_in_the_table():
     ({"nesterov": True, "momentum": 0.0}, "Nesterov momentum needs momentum > 0"),
     ({"subset_per_class": 5, "val_fraction": 0.1}, "at least one image per class"),
     ({"subset_per_class": 20, "val_fraction": 0.99}, "at least one image per class"),
+    ({"members": 2, "member": 2}, r"member = 2 with members = 2: expected a member index from 0 to 1"),
+    ({"member": 1}, r"member = 1 with members = 1"),
+    ({"monitor_every": 0, "val_fraction": 0.0}, r"monitor_every = 0 with val_fraction = 0.0"),
 ])
 def test_cross_field_rules(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -117,9 +127,9 @@ def test_one_error_lists_every_problem_at_once():
 
 
 def test_values_are_coerced_only_where_nothing_is_lost():
-    cfg = Config(lr=1, weight_decay="1e-3", channels=(8, 16), blocks=(1, 1), tta=True, data_dir=environment.REPO_ROOT)
+    cfg = Config(lr=1, weight_decay="1e-3", channels=(8, 16), blocks=(1, 1), tta=True, data_dir=platforms.REPO_ROOT)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.weight_decay == 0.001
-    assert cfg.channels == [8, 16] and cfg.tta == "flip" and cfg.data_dir == str(environment.REPO_ROOT)
+    assert cfg.channels == [8, 16] and cfg.tta == "flip" and cfg.data_dir == str(platforms.REPO_ROOT)
     assert Config(tta=False).tta == "none"
     with pytest.raises(ConfigError):
         Config().replace(epochs=0)                 # dataclasses.replace goes through the same check
@@ -185,7 +195,7 @@ def test_run_py_refuses_bad_values_in_seconds_before_notebook_01(tmp_path):
     started = time.perf_counter()
     args = ["-p", "epochs", "abc", "-p", "batch_size", "0", "-p", "dropout", "1.5", "-p", "lr", "-1",
             "--out", str(tmp_path / "executed")]
-    done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args], cwd=environment.REPO_ROOT,
+    done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args], cwd=platforms.REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     for field in ("epochs = 'abc'", "batch_size = 0", "dropout = 1.5", "lr = -1"):
@@ -206,6 +216,40 @@ def test_run_py_refuses_a_missing_device_unwritable_outputs_and_unknown_names(tm
     blocker.write_text("not a folder")
     args = [a.format(blocker=blocker) for a in args]
     done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args, "--out", str(tmp_path / "x")],
-                          cwd=environment.REPO_ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=platforms.REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- members ------------------------------------------------------------------------------------------------
+def test_members_share_the_data_seed_and_each_has_its_own_training_seed_and_folder(tmp_path):
+    cfg = Config(members=3, seed=7, run_dir=str(tmp_path / "run"))
+    seeds = [cfg.training_seed(k) for k in range(3)]
+    assert seeds[0] == 7 and len(set(seeds)) == 3 and all(0 <= s < 2**31 for s in seeds)
+    assert Config(members=3, seed=8).training_seed(1) not in seeds          # no member repeats another seed's
+    assert [cfg.member_path(k) for k in range(3)] == [tmp_path / "run", tmp_path / "run" / "member-1",
+                                                      tmp_path / "run" / "member-2"]
+    one = cfg.replace(member=2)
+    assert one.member_indices == [2] and cfg.member_indices == [0, 1, 2]
+    assert one.training_seed() == seeds[2] and one.member_path() == tmp_path / "run" / "member-2"
+    assert one.seed == 7                                                     # the data seed stays shared
+    assert Config(member="all").member is None and Config(members=2, member=1).member == 1
+
+
+def test_member_fields_are_run_time_so_changing_them_never_blocks_a_resume():
+    from utils.config import RUNTIME_FIELDS, recipe_differences
+    assert {"members", "member", "max_epochs_this_call", "monitor_every", "allow_unfinished"} <= RUNTIME_FIELDS
+    saved = Config(members=1).to_dict()
+    assert recipe_differences(saved, Config(members=3, member=2, max_epochs_this_call=5, monitor_every=2,
+                                            allow_unfinished=True)) == []
+    assert Config(max_epochs_this_call=0).epoch_limit is None and Config(max_epochs_this_call=4).epoch_limit == 4
+
+
+def test_run_py_refuses_bad_member_settings_before_notebook_01(tmp_path):
+    args = ["-p", "members", "0", "-p", "member", "-1", "-p", "monitor_every", "0", "-p", "val_fraction", "0"]
+    done = subprocess.run([sys.executable, "run.py", "--profile", "smoke", *args, "--out", str(tmp_path / "x")],
+                          cwd=platforms.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    for message in ("members = 0", "member = -1", "monitor_every = 0 with val_fraction = 0.0"):
+        assert message in done.stderr, done.stderr
+    assert not (tmp_path / "x").exists()

@@ -13,7 +13,7 @@ from conftest import MAKE_CIFAR10, REQUIRE_ENV
 TESTS = Path(__file__).resolve().parent
 USES_DATA = '''
 import numpy as np
-from utils.data import load_cifar10
+from utils.dataset import load_cifar10
 
 
 def test_it(cifar_dir):

@@ -21,7 +21,7 @@ from utils.corruptions import (
     robustness_table,
     summarize,
 )
-from utils.data import BATCHES_SUBDIR, TEST_FILE, load_batch
+from utils.dataset import BATCHES_SUBDIR, TEST_FILE, load_batch
 
 DETERMINISTIC = tuple(n for n in CORRUPTIONS if n not in RANDOM_CORRUPTIONS)
 SMALL_NAMES = ("gaussian_noise", "contrast", "motion_blur")

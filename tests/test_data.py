@@ -8,13 +8,12 @@ import torch
 from helpers import RunsCommand
 from layouts import CLASSES, batch_dict, dump, images_for, make_layout, to_rows
 
-from utils import data, environment
+from utils import dataset, loader, platforms
 from utils.config import Config
-from utils.data import (
+from utils.dataset import (
     BATCHES_SUBDIR,
     DataError,
     DataNotFoundError,
-    DeviceLoader,
     UnsafePickleError,
     find_data_dir,
     load_batch,
@@ -24,6 +23,7 @@ from utils.data import (
     safe_load_pickle,
     train_val_split,
 )
+from utils.loader import DeviceLoader
 
 
 @pytest.fixture
@@ -43,19 +43,19 @@ def test_loads_batches_as_nhwc_uint8_with_labels_and_class_order(tiny):
 
 
 def test_unlabeled_accepts_nhwc_and_the_2024_flat_layout(tmp_path):
-    nhwc = load_unlabeled(make_layout(tmp_path / "a") / data.NOLABEL_FILE)
-    flat = load_unlabeled(make_layout(tmp_path / "b", flat_unlabeled=True) / data.NOLABEL_FILE)
+    nhwc = load_unlabeled(make_layout(tmp_path / "a") / dataset.NOLABEL_FILE)
+    flat = load_unlabeled(make_layout(tmp_path / "b", flat_unlabeled=True) / dataset.NOLABEL_FILE)
     np.testing.assert_array_equal(nhwc[0], flat[0])
     np.testing.assert_array_equal(nhwc[0], images_for(30, 123))
     assert nhwc[1].tolist() == list(range(30))
 
 
 def test_data_dir_order_env_var_first(tiny, monkeypatch, tmp_path):
-    monkeypatch.setenv(data.DATA_ENV, str(tiny))
+    monkeypatch.setenv(dataset.DATA_ENV, str(tiny))
     assert find_data_dir() == tiny.resolve()
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
-    monkeypatch.setattr(environment, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(environment, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setenv(dataset.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setattr(platforms, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(platforms, "KAGGLE_INPUT", tmp_path / "kaggle")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataNotFoundError) as err:
         find_data_dir()
@@ -262,11 +262,11 @@ def first_release_batches(images, labels, batch_size, seed, epoch, cutout_size):
         idx = order[lo:lo + batch_size]
         if len(idx) < 2:          # a lone last image would break BatchNorm: dropped
             break
-        x = data.random_crop(source[idx], data.CROP_PAD, generator)
-        x = data.random_flip(x, generator)
+        x = loader.random_crop(source[idx], loader.CROP_PAD, generator)
+        x = loader.random_flip(x, generator)
         x = (x.float() / 255 - mean) / std
         if cutout_size:
-            x = data.cutout(x, cutout_size, generator)
+            x = loader.cutout(x, cutout_size, generator)
         out.append((x, targets[idx]))
     return out
 
@@ -345,7 +345,7 @@ def test_real_cifar10_layout(cifar_dir):
 @pytest.mark.parametrize("size", [8, 12, 5])
 def test_cutout_erases_a_square_of_exactly_the_given_side(size):
     x = torch.ones(64, 3, 32, 32)
-    out = data.cutout(x, size, torch.Generator().manual_seed(0))
+    out = loader.cutout(x, size, torch.Generator().manual_seed(0))
     erased = (out[:, 0] == 0)
     rows, cols = erased.any(2).sum(1), erased.any(1).sum(1)
     inside = [(r, c) for r, c in zip(rows.tolist(), cols.tolist())]
@@ -369,11 +369,11 @@ def test_the_download_checks_the_official_tarball_reads_it_safely_and_deletes_it
             tar.add(source / BATCHES_SUBDIR, arcname="cifar-10-batches-py")
 
     monkeypatch.setattr(tv_utils, "download_url", fake_download)
-    monkeypatch.setattr(environment, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(environment, "KAGGLE_INPUT", tmp_path / "kaggle")
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setattr(platforms, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(platforms, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.delenv(dataset.DATA_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     ds = load_cifar10(download=True)
-    assert asked == {"url": data.CIFAR10_URL, "md5": data.CIFAR10_MD5}
+    assert asked == {"url": dataset.CIFAR10_URL, "md5": dataset.CIFAR10_MD5}
     assert ds.root == tmp_path / "repo" / "data" and ds.train_images.shape == (100, 32, 32, 3)
     assert not list((tmp_path / "repo" / "data").rglob("*.tar.gz")), "the tarball is deleted once extracted"

@@ -12,7 +12,7 @@ from helpers import top_level_imports
 from torch import nn
 
 from utils import device as P
-from utils.device import DeviceError, Precision, check_device, decide, gpu_arch_supported
+from utils.device import DeviceError, ExecutionPlan, check_device, decide, gpu_arch_supported
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -217,8 +217,8 @@ def test_real_cpu_autocast_gives_bf16_conv_output():
         assert conv(x).dtype == torch.float32                                    # autocast ends with the block
 
 
-def _fp16_on_cpu() -> Precision:
-    return Precision(CPU, torch.float16, channels_last=False, grad_scaler=True, compile=False, reason="test")
+def _fp16_on_cpu() -> ExecutionPlan:
+    return ExecutionPlan(CPU, torch.float16, channels_last=False, grad_scaler=True, compile=False, reason="test")
 
 
 def _scaled_step(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer, model: nn.Module) -> None:

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from utils import files, plots
+from utils.checkpoint import save_checkpoint
 from utils.config import Config
-from utils.data import load_cifar10, prepare_splits
-from utils.environment import OutputError
+from utils.dataset import load_cifar10, prepare_splits
 from utils.files import atomic_write
+from utils.platforms import OutputError
 from utils.submission import write_submission
 from utils.train import fit
 
@@ -77,6 +78,42 @@ def test_a_full_disk_at_fsync_leaves_the_previous_file_and_no_temporary(tmp_path
         atomic_write(target, lambda f: f.write(b"new"))
     assert_names(err.value, target, "no space left on the device")
     assert target.read_bytes() == b"previous" and temporaries(tmp_path) == []
+
+
+def read(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- the rename itself, by behaviour --------------------------------------------------------------------
+# "Every file the project writes goes to a temporary file first and is renamed into place": a save must put a NEW
+# file at the path and leave the old one untouched for whoever still has it open, never rewrite it in place.
+def test_a_reader_of_the_old_best_pt_still_reads_its_old_bytes_whole_after_a_save(tmp_path):
+    path = tmp_path / "checkpoints" / "best.pt"
+    save_checkpoint({"epoch": 1, "weights": torch.arange(50_000, dtype=torch.float32)}, path)
+    old = path.read_bytes()
+    with open(path, "rb") as reader:                 # notebook 04 reading best.pt while 03 saves a better one
+        head = reader.read(1000)
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(80_000)}, path)
+        rest = reader.read()
+        reader.seek(0)
+        seen = torch.load(reader, map_location="cpu", weights_only=True)
+    assert head + rest == old, "the open file changed under its reader: the save rewrote it in place"
+    assert seen["epoch"] == 1 and torch.equal(seen["weights"], torch.arange(50_000, dtype=torch.float32))
+    assert read(path)["epoch"] == 2 and temporaries(tmp_path) == []
+
+
+def test_a_save_puts_a_new_file_at_the_path_and_leaves_the_old_one_untouched(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint({"epoch": 1}, path)
+    old_name = tmp_path / "old-best.pt"
+    os.link(path, old_name)                          # a second name keeps the old inode alive (so it is not reused)
+    old, before = old_name.read_bytes(), os.stat(path)
+    save_checkpoint({"epoch": 2}, path)
+    after = os.stat(path)
+    assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino), "the destination is the old file rewritten"
+    assert os.stat(old_name).st_nlink == 1           # the path no longer names the old file
+    assert old_name.read_bytes() == old and read(old_name)["epoch"] == 1
+    assert read(path)["epoch"] == 2
 
 
 # --- through the writers that use it ------------------------------------------------------------------

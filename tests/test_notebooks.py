@@ -3,15 +3,18 @@
 Fast: each notebook is committed clean (no outputs), its first code cell is tagged `parameters`, declares only
 Config fields (plus REPO_URL) with Config's defaults and none that a profile sets; all share one setup cell, which
 refuses the placeholder REPO_URL and clones / updates the repository; every notebook ends with what it produced.
-Slow (`-m notebooks`, about 8 minutes on 2 CPU cores): `python run.py --profile smoke` end to end on real CIFAR-10
-into temporary folders, its figures, tables, printed values and submission, then nbval on the executed copies
-(`--nbval-lax`: every cell must run; cells marked `# NBVAL_CHECK_OUTPUT` must print the same again); and the
-`leaderboard` profile (val_fraction 0) at tiny scale through all five notebooks.
+Slow (`-m notebooks`, about 3 minutes on 2 CPU cores): `python run.py --profile tiny` end to end on real CIFAR-10
+into temporary folders, its figures, tables, printed values and a whole submission, then nbval on the executed
+copies (`--nbval-lax`: every cell must run; cells marked `# NBVAL_CHECK_OUTPUT` must print the same again); the
+`leaderboard` profile (val_fraction 0) at tiny scale through all five notebooks; and (`slow`) a short fit on real
+images that must learn. (`smoke`, minutes, is the README's demonstration, not a test; tests/test_twins.py runs the
+notebooks as a student does, on Colab's and Kaggle's facts.)
 """
 from __future__ import annotations
 
 import ast
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -22,9 +25,10 @@ import nbformat
 import pandas as pd
 import pytest
 from PIL import Image
+from platform_facts import SHEETS
 
 import run as runner
-from utils.config import REPO_ROOT, Config, available_profiles, read_profile
+from utils.config import REPO_ROOT, Config, available_profiles, load_config, read_profile
 from utils.corruptions import CORRUPTIONS
 from utils.submission import validate_submission
 
@@ -39,8 +43,11 @@ TEST_ACCURACY = re.compile(r"Test accuracy \(labeled CIFAR-10 test_batch[^)]*\):
 MEAN_CORRUPTION = re.compile(r"Mean accuracy over (\d+) corruption x severity sets: ([0-9.]+)")
 CLEAN_ON_SUBSET = re.compile(r"Clean accuracy on these [0-9,]+ test images: ([0-9.]+)")
 EPOCH_LINE = re.compile(r"^epoch +(\d+)  train loss [0-9.]+ acc [0-9.]+  ", re.M)
-SMOKE_TIMEOUT_S = 30 * 60            # generous: the budget is ~8 min, but a shared CPU can be slower
-SMOKE_MIN_TEST_ACC = 0.40            # the smoke run is deterministic on this CPU (README: measured value)
+RUN_TIMEOUT_S = 20 * 60              # generous: a tiny run takes about a minute, but a shared CPU can be slower
+# A short fit that must learn (test_a_short_fit_...): 200 real images per class, 4 epochs, batch 32; measured test
+# accuracy 0.339 on 1,000 test images (bf16 CPU, seed 0); chance is 0.10.
+LEARN = {"subset_per_class": 200, "epochs": 4, "batch_size": 32, "test_limit": 1000, "corruption_images": 100}
+LEARN_MIN_TEST_ACC = 0.25
 
 
 def read(name: str) -> nbformat.NotebookNode:
@@ -121,18 +128,24 @@ def test_training_notebook_shows_augmentation_and_schedule_before_training_and_c
     assert order == sorted(order), order
 
 
-def run_setup_cell(tmp_path: Path, repo_url: str, **params) -> dict:
-    """Execute the notebooks' setup cell as Colab would, from a folder outside any checkout."""
+def run_setup_cell(tmp_path: Path, repo_url: str, kaggle_input: Path | None = None, first_on_path: Path | None = None,
+                   **params) -> dict:
+    """Execute the notebooks' setup cell as Colab or Kaggle would, from a folder outside any checkout. The cell's
+    "/kaggle/input" is `kaggle_input` (default: an empty folder); `first_on_path` goes first on sys.path."""
     workdir = tmp_path / "content"
     workdir.mkdir(exist_ok=True)
     namespace = {"profile": "smoke", "data_dir": None, "run_dir": str(tmp_path / "ckpt"), "device": "cpu",
                  "seed": 0, "figures_dir": str(tmp_path / "fig"), "submission_path": str(tmp_path / "s.csv"),
                  "REPO_URL": repo_url, **params}
     source = code_cells(read(NOTEBOOKS[0]))[1].source
+    assert '"/kaggle/input"' in source, "the setup cell no longer names Kaggle's input folder literally"
+    source = source.replace('"/kaggle/input"', f'"{kaggle_input or tmp_path / "no-kaggle-input"}"')
     cwd, path = os.getcwd(), list(sys.path)
     os.chdir(workdir)
     # As on Colab: this checkout is not on sys.path (its modules stay imported, so the cell's import still works).
     sys.path[:] = [p for p in path if not (Path(p or cwd) / "utils" / "notebook.py").is_file()]
+    if first_on_path is not None:
+        sys.path.insert(0, str(first_on_path))
     try:
         exec(compile(source, "setup-cell", "exec"), namespace)
     finally:
@@ -153,12 +166,9 @@ def git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_setup_cell_clones_the_repository_then_updates_the_clone(tmp_path, monkeypatch):
-    """Colab's first run clones REPO_URL next to the notebook; a later run pulls (fast-forward), never re-clones.
-    The repository here is a stand-in holding utils/notebook.py (the file the cell looks for); the package the
-    cell then imports is this checkout's, already loaded."""
-    monkeypatch.delenv("REPO_URL", raising=False)
-    monkeypatch.setenv("CIFAR10_PLATFORM", "local")
+def stand_in_repository(tmp_path: Path) -> tuple[Path, Path]:
+    """(working copy, bare origin) of a stand-in repository holding utils/notebook.py (the file the cell looks
+    for); the package the cell then imports is this checkout's, already loaded."""
     work, origin = tmp_path / "work", tmp_path / "origin.git"
     (work / "utils").mkdir(parents=True)
     (work / "utils" / "notebook.py").write_text("# stand-in\n")
@@ -166,6 +176,24 @@ def test_setup_cell_clones_the_repository_then_updates_the_clone(tmp_path, monke
     git("add", ".", cwd=work)
     git("commit", "-q", "-m", "first", cwd=work)
     git("clone", "-q", "--bare", str(work), str(origin))
+    return work, origin
+
+
+def read_only_copy(kaggle_input: Path, fact: str) -> Path:
+    """An attached training notebook's output as a sheet mounts it, holding that notebook's clone of this repository
+    (a copy of utils/notebook.py is enough: the cell must not even look at it)."""
+    mounted = fact.format(user="student", slug="cifar10-train", repo="origin")
+    copy = kaggle_input / mounted.removeprefix("/kaggle/input/")
+    (copy / "utils").mkdir(parents=True)
+    (copy / "utils" / "notebook.py").write_text("raise AssertionError('imported from a read-only input')\n")
+    return copy
+
+
+def test_setup_cell_clones_the_repository_then_updates_the_clone(tmp_path, monkeypatch):
+    """Colab's first run clones REPO_URL next to the notebook; a later run pulls (fast-forward), never re-clones."""
+    monkeypatch.delenv("REPO_URL", raising=False)
+    monkeypatch.setenv("CIFAR10_PLATFORM", "local")
+    work, origin = stand_in_repository(tmp_path)
     namespace = run_setup_cell(tmp_path, str(origin))
     clone = tmp_path / "content" / "origin"
     assert (clone / "utils" / "notebook.py").is_file() and namespace["REPO"] == clone
@@ -176,6 +204,45 @@ def test_setup_cell_clones_the_repository_then_updates_the_clone(tmp_path, monke
     git("push", "-q", str(origin), "HEAD", cwd=work)
     run_setup_cell(tmp_path, str(origin))
     assert (clone / "NEW_FILE").is_file()
+    # Offline later on: the pull fails, the clone is still the live one and is used as it is.
+    origin.rename(tmp_path / "gone.git")
+    assert run_setup_cell(tmp_path, str(origin))["REPO"] == clone
+
+
+@pytest.mark.parametrize("sheet", ["kaggle", "kaggle_old_layout"])
+def test_setup_cell_uses_the_live_clone_never_a_copy_in_kaggle_input(sheet, tmp_path, monkeypatch):
+    """In either mount layout, an attached training notebook's output holds that notebook's clone: the cell clones
+    its own (or uses the live one), even with the copy first on sys.path, and never imports the read-only copy."""
+    monkeypatch.delenv("REPO_URL", raising=False)
+    monkeypatch.setenv("CIFAR10_PLATFORM", "local")
+    _, origin = stand_in_repository(tmp_path)
+    kaggle_input = tmp_path / "kaggle" / "input"
+    copy = read_only_copy(kaggle_input, SHEETS[sheet].repo_copy_dir)
+    clone = tmp_path / "content" / "origin"
+    assert run_setup_cell(tmp_path, str(origin), kaggle_input)["REPO"] == clone
+    assert run_setup_cell(tmp_path, str(origin), kaggle_input, first_on_path=copy)["REPO"] == clone
+    live = tmp_path / "live"          # a live clone on sys.path (as the cell leaves it) is used, not re-cloned
+    (live / "utils").mkdir(parents=True)
+    (live / "utils" / "notebook.py").write_text("# live\n")
+    assert run_setup_cell(tmp_path, str(origin), kaggle_input, first_on_path=live)["REPO"] == live
+
+
+@pytest.mark.parametrize("sheet", ["kaggle", "kaggle_old_layout"])
+def test_setup_cell_offline_with_only_a_read_only_copy_says_so_in_one_sentence(sheet, tmp_path, monkeypatch):
+    """No network (the clone fails) and only the copy in an attached output: one sentence naming that copy and the
+    fix, not a CalledProcessError, and nothing imported from the copy."""
+    monkeypatch.delenv("REPO_URL", raising=False)
+    kaggle_input = tmp_path / "kaggle" / "input"
+    copy = read_only_copy(kaggle_input, SHEETS[sheet].repo_copy_dir)
+    with pytest.raises(RuntimeError) as err:
+        run_setup_cell(tmp_path, str(tmp_path / "unreachable" / "origin.git"), kaggle_input, first_on_path=copy)
+    message = str(err.value)
+    assert not isinstance(err.value, subprocess.CalledProcessError)
+    assert f"({copy})" in message and "read-only and never imported" in message, message
+    assert "Settings > Internet on" in message and "Cannot clone" in message
+    assert "\n" not in message and message.endswith(".") and message.count(". ") == 0, "one sentence"
+    with pytest.raises(RuntimeError, match=r"none found under .*kaggle/input\) is read-only"):
+        run_setup_cell(tmp_path, str(tmp_path / "unreachable" / "origin.git"), tmp_path / "empty-input")
 
 
 def test_run_py_lists_profiles_and_rejects_unknown_parameters():
@@ -187,7 +254,7 @@ def test_run_py_lists_profiles_and_rejects_unknown_parameters():
 
 
 # --------------------------------------------------------------------------------------------
-# Slow: the whole pipeline on the smoke profile, then nbval on what it produced
+# Slow: the whole pipeline on the tiny profile through run.py, nbval on what it produced, and a real learning check
 # --------------------------------------------------------------------------------------------
 def run_profile(profile: str, folder: Path, cifar_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess,
                                                                                           dict[str, Path]]:
@@ -198,7 +265,7 @@ def run_profile(profile: str, folder: Path, cifar_dir: Path, *overrides: str) ->
     env = {**os.environ, "CIFAR10_DIR": str(cifar_dir)}
     done = subprocess.run([sys.executable, "run.py", "--profile", profile, "--out", str(out["executed"]), *args,
                            *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=SMOKE_TIMEOUT_S)
+                          timeout=RUN_TIMEOUT_S)
     return done, out
 
 
@@ -208,16 +275,16 @@ def outputs_text(executed: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(cifar_dir, tmp_path_factory):
-    """`python run.py --profile smoke` into temporary folders; the same data for the kernels nbval starts."""
-    done, out = run_profile("smoke", tmp_path_factory.mktemp("smoke"), cifar_dir)
+def tiny_run(cifar_dir, tmp_path_factory):
+    """`python run.py --profile tiny` into temporary folders; the same data for the kernels nbval starts."""
+    done, out = run_profile("tiny", tmp_path_factory.mktemp("tiny"), cifar_dir)
     assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done, out
 
 
 @pytest.mark.notebooks
-def test_smoke_run_writes_figures_tables_submission_and_learns(smoke_run, cifar_dir):
-    _, out = smoke_run
+def test_tiny_run_writes_figures_tables_and_a_whole_submission(tiny_run, cifar_dir):
+    _, out = tiny_run
     for name in FIGURES:
         path = out["figures_dir"] / name
         assert path.is_file(), f"{path} was not written by this run"
@@ -229,31 +296,34 @@ def test_smoke_run_writes_figures_tables_submission_and_learns(smoke_run, cifar_
         assert len(table) >= 7 and (out["figures_dir"] / f"{stem}.md").read_text().startswith("|")
     submission = validate_submission(out["submission_path"], cifar_dir / "cifar_test_nolabel.pkl")
     assert len(submission) == 10_000
-
-    found = TEST_ACCURACY.search(outputs_text(out["executed"], "04_analysis.ipynb"))
-    assert found, "04_analysis printed no test accuracy"
-    assert float(found.group(1)) >= SMOKE_MIN_TEST_ACC, f"smoke test accuracy {found.group(1)}"
+    assert TEST_ACCURACY.search(outputs_text(out["executed"], "04_analysis.ipynb")), "04 printed no test accuracy"
 
 
 @pytest.mark.notebooks
-def test_smoke_run_prints_the_values_it_should(smoke_run):
-    """Values, not re-runs: the smoke subset is 450 train / 50 val images per class of 5,000 / 1,000."""
-    _, out = smoke_run
+def test_tiny_run_prints_the_values_it_should(tiny_run):
+    """Values, not re-runs: the tiny subset is 18 train / 2 val images per class of 5,000 / 1,000."""
+    _, out = tiny_run
+    tiny = read_profile("tiny")
+    per_class = tiny["subset_per_class"]
+    n_val = per_class // 10                                     # val_fraction 0.1, stratified
     counts = outputs_text(out["executed"], "01_data.ipynb")
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     for name in classes:
-        assert re.search(rf"^{name} +5000 +1000 +450 +50$", counts, re.M), f"class counts of {name}:\n{counts}"
-    assert re.search(r"^total +50000 +10000 +4500 +500$", counts, re.M)
+        assert re.search(rf"^{name} +5000 +1000 +{per_class - n_val} +{n_val}$", counts, re.M), \
+            f"class counts of {name}:\n{counts}"
+    assert re.search(rf"^total +50000 +10000 +{10 * (per_class - n_val)} +{10 * n_val}$", counts, re.M)
     assert "images (50000, 32, 32, 3) uint8" in counts and "images (10000, 32, 32, 3) uint8" in counts
     assert "Trainable parameters: 4,997,722" in outputs_text(out["executed"], "02_model.ipynb")
     training = outputs_text(out["executed"], "03_train.ipynb")
-    assert [int(e) for e in EPOCH_LINE.findall(training)] == list(range(1, 9)), training[-2000:]
+    assert [int(e) for e in EPOCH_LINE.findall(training)] == list(range(1, tiny["epochs"] + 1)), training[-2000:]
+    analysis = outputs_text(out["executed"], "04_analysis.ipynb")
+    assert f"test_batch, {tiny['test_limit']:,} images" in analysis, analysis[-2000:]
     assert "submission.csv: 10,000 rows, columns ID,Labels" in outputs_text(out["executed"], "05_kaggle_submit.ipynb")
 
 
 @pytest.mark.notebooks
-def test_batch_runs_save_epoch_lines_not_frozen_progress_widgets(smoke_run):
-    _, out = smoke_run
+def test_batch_runs_save_epoch_lines_not_frozen_progress_widgets(tiny_run):
+    _, out = tiny_run
     nb = nbformat.read(out["executed"] / "03_train.ipynb", as_version=4)
     widgets = [o for c in code_cells(nb) for o in c.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
@@ -261,40 +331,56 @@ def test_batch_runs_save_epoch_lines_not_frozen_progress_widgets(smoke_run):
 
 
 @pytest.mark.notebooks
-def test_smoke_run_reports_robustness_next_to_clean_accuracy(smoke_run):
-    _, out = smoke_run
+def test_tiny_run_reports_robustness_next_to_clean_accuracy(tiny_run):
+    """The table and its summary line; that corruptions cost accuracy needs a model that learned:
+    test_a_short_fit_on_real_images_learns_and_loses_accuracy_under_corruption."""
+    _, out = tiny_run
     table = pd.read_csv(out["figures_dir"] / "robustness.csv")
     assert list(table.columns[:3]) == ["corruption", "severity", "accuracy"]
     assert (table["corruption"] == "clean").sum() == 1 and table.iloc[0]["severity"] == 0
     corrupted = table[table["corruption"] != "clean"]
     per_type = corrupted.groupby("corruption")["severity"].nunique()
     assert len(per_type) >= 8 and (per_type >= 3).all() and set(per_type.index) == set(CORRUPTIONS)
-    assert (table["images"] == 500).all()                       # the smoke profile's corruption_images
+    assert (table["images"] == read_profile("tiny")["corruption_images"]).all()
     text = outputs_text(out["executed"], "04_analysis.ipynb")
     sets, mean = MEAN_CORRUPTION.search(text).groups()
     clean = float(CLEAN_ON_SUBSET.search(text).group(1))
     assert int(sets) == len(corrupted) and float(mean) == pytest.approx(corrupted["accuracy"].mean(), abs=1e-4)
-    assert float(mean) < clean and "synthetic proxy" in text
+    assert clean == pytest.approx(table.iloc[0]["accuracy"], abs=1e-4) and "synthetic proxy" in text
 
 
 @pytest.mark.notebooks
-def test_executed_smoke_notebooks_pass_nbval(smoke_run, cifar_dir):
-    _, out = smoke_run
+def test_executed_tiny_notebooks_pass_nbval(tiny_run, cifar_dir):
+    _, out = tiny_run
     executed = [str(out["executed"] / name) for name in NOTEBOOKS]
     # The executed copies sit in a temporary folder, outside the checkout: the setup cell finds it on sys.path.
     env = {**os.environ, "CIFAR10_DIR": str(cifar_dir), "PYTHONPATH": str(REPO_ROOT)}
     nbval = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                             "--nbval-current-env", *executed], cwd=REPO_ROOT, env=env, capture_output=True,
-                           text=True, timeout=SMOKE_TIMEOUT_S)
+                           text=True, timeout=RUN_TIMEOUT_S)
     assert nbval.returncode == 0, f"nbval failed:\n{nbval.stdout[-6000:]}\n{nbval.stderr[-2000:]}"
+
+
+def first_unlabeled(cifar_dir: Path, folder: Path, n: int) -> Path:
+    """The first `n` images and ids of the unlabeled pickle, in its format: a submission in seconds, not minutes,
+    where every view of TTA costs another pass (the full 10,000 are written by the tiny run and the twins)."""
+    with open(cifar_dir / "cifar_test_nolabel.pkl", "rb") as f:
+        full = pickle.load(f)
+    path = folder / f"nolabel-first-{n}.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": full[b"data"][:n], b"ids": full[b"ids"][:n]}, f, protocol=4)
+    return path
 
 
 @pytest.mark.notebooks
 def test_leaderboard_profile_without_a_validation_split_runs_all_five_notebooks(tmp_path, cifar_dir):
-    """The issue's command (`-p subset_per_class 20 -p epochs 1`), with a small test and corruption set for time."""
+    """The issue's command (`-p subset_per_class 20 -p epochs 1`), with a small test and corruption set, and the
+    unlabeled file's first 500 images, for time (TTA flip_shift averages 6 views of every image)."""
     started = time.perf_counter()
+    nolabel = first_unlabeled(cifar_dir, tmp_path, 500)
     done, out = run_profile("leaderboard", tmp_path, cifar_dir, "-p", "subset_per_class", "20", "-p", "epochs", "1",
-                            "-p", "val_fraction", "0", "-p", "test_limit", "300", "-p", "corruption_images", "30")
+                            "-p", "val_fraction", "0", "-p", "test_limit", "200", "-p", "corruption_images", "10",
+                            "-p", "nolabel_path", str(nolabel))
     assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "early stopping (patience" not in done.stdout   # leaderboard sets patience 0: nothing to report
     assert "val_fraction 0: no validation split" in done.stdout
@@ -305,5 +391,30 @@ def test_leaderboard_profile_without_a_validation_split_runs_all_five_notebooks(
     assert "TTA flip_shift" in analysis
     assert "no validation split" in outputs_text(out["executed"], "05_kaggle_submit.ipynb")
     assert (out["figures_dir"] / "training_curves.png").is_file() and (out["figures_dir"] / "robustness.csv").is_file()
-    validate_submission(out["submission_path"], cifar_dir / "cifar_test_nolabel.pkl")
-    assert time.perf_counter() - started < SMOKE_TIMEOUT_S
+    assert len(validate_submission(out["submission_path"], nolabel)) == 500
+    assert time.perf_counter() - started < RUN_TIMEOUT_S
+
+
+@pytest.mark.slow
+def test_a_short_fit_on_real_images_learns_and_loses_accuracy_under_corruption(tmp_path, cifar_dir):
+    """What the smoke run's `test accuracy >= 0.40` guarded, at a tenth of its cost: the paper's model and recipe on
+    200 real images per class for 4 epochs (batch 32: more steps for the same compute) beats chance (0.10) on 1,000
+    test images by a clear margin, and the corruptions lower its accuracy."""
+    from utils.checkpoint import find_checkpoint, load_trained_model
+    from utils.corruptions import summarize
+    from utils.device import decide, resolve_device
+    from utils.evaluate import accuracy, checkpoint_splits, predict_with_checkpoint, robustness
+    from utils.train import fit
+
+    cfg = load_config("paper", data_dir=str(cifar_dir), run_dir=str(tmp_path / "ckpt"), device="cpu", **LEARN)
+    fit(cfg, progress=False, log=lambda line: None)
+    device = resolve_device(cfg.device)
+    plan = decide(device, cfg.amp, cfg.channels_last)
+    model, ckpt = load_trained_model(find_checkpoint(cfg), device)
+    splits = checkpoint_splits(ckpt, cfg)
+    probs = predict_with_checkpoint(model, ckpt, splits.test_images, device, cfg.eval_batch_size, cfg.tta, plan)
+    test_acc = accuracy(splits.test_labels, probs.argmax(1))
+    assert len(splits.test_labels) == LEARN["test_limit"]
+    assert test_acc >= LEARN_MIN_TEST_ACC, f"test accuracy {test_acc:.3f} after a short fit (chance: 0.10)"
+    summary = summarize(robustness(model, ckpt, splits.test_images, splits.test_labels, cfg, plan))
+    assert summary["corruption_accuracy"] < summary["clean_accuracy"], summary

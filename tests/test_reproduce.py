@@ -172,3 +172,15 @@ def test_time_to_94_headline_comes_only_from_a_run_that_had_the_device_alone():
     assert "1.7 min (shared GPU)" in table
     assert "Time to 94 % validation accuracy, the device to itself: 3.3 min (`paper`" in table
     assert "No time-to-94 % headline" in markdown([shared], [])
+
+
+def test_the_plan_keeps_the_runs_that_fit_in_the_order_given():
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.probe import plan_runs
+
+    lines = []
+    probes = {"a": {"estimate_s": 10.0}, "b": {"estimate_s": 100.0}, "c": {"estimate_s": 5.0}}
+    keep, skipped = plan_runs(["a", "b", "c"], probes, budget=50.0, elapsed=20.0, log=lines.append)
+    assert keep == ["a", "c"] and [s["profile"] for s in skipped] == ["b"]
+    assert "does not fit the 20 s left" in skipped[0]["reason"] and lines[1].startswith("plan: skip b")
+    assert plan_runs(["a", "b"], probes, budget=None, elapsed=1e9, log=lines.append) == (["a", "b"], [])

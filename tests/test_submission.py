@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from layouts import make_layout
 
-from utils.data import NOLABEL_FILE
+from utils.dataset import NOLABEL_FILE
 from utils.submission import SubmissionError, kaggle_command, validate_submission, write_submission
 
 
@@ -54,7 +54,7 @@ def test_a_failed_write_leaves_the_previous_submission_untouched(tmp_path, nolab
 
 
 def test_real_submission_shape(cifar_dir, tmp_path):
-    from utils.data import load_unlabeled
+    from utils.dataset import load_unlabeled
     _, ids = load_unlabeled(cifar_dir / NOLABEL_FILE)
     path = write_submission(ids, np.zeros(len(ids), int), tmp_path / "submission.csv", cifar_dir / NOLABEL_FILE)
     assert len(pd.read_csv(path)) == 10000

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from utils import train as train_mod
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_checked, load_trained_model, save_checkpoint
 from utils.config import REPO_ROOT, Config
-from utils.data import DeviceLoader, load_cifar10, prepare_splits
+from utils.dataset import load_cifar10, prepare_splits
 from utils.device import decide
 from utils.evaluate import checkpoint_splits, evaluate_loader
 from utils.files import remove_stale_temporaries
+from utils.loader import DeviceLoader
 from utils.model import CustomResNet
 from utils.train import NonFiniteLossError, build_run, fit
 
@@ -56,10 +57,10 @@ def assert_same_weights(path_a, path_b):
 
 def clean_val_loss(model, splits, cfg):
     """Loss and accuracy of `model` on the validation images, unaugmented, with fit's precision on the CPU."""
-    precision = decide(torch.device("cpu"))
+    plan = decide(torch.device("cpu"))
     loader = DeviceLoader(splits.val_images, splits.val_labels, splits.mean, splits.std, cfg.eval_batch_size, "cpu",
-                          train=False, channels_last=precision.channels_last)
-    return evaluate_loader(model, loader, precision=precision)
+                          train=False, channels_last=plan.channels_last)
+    return evaluate_loader(model, loader, plan=plan)
 
 
 def without_time(history):
@@ -354,10 +355,10 @@ def test_ema_and_cutout_run_split_over_two_calls_equals_a_straight_run(tmp_path,
 
 
 def test_recipe_extras_reach_the_criterion_the_optimizer_and_the_loaders(tmp_path, splits):
-    precision = decide(torch.device("cpu"))
+    plan = decide(torch.device("cpu"))
     cfg = tiny_cfg(tmp_path, label_smoothing=0.1, nesterov=True, cutout=8, auto_augment="trivialaugment",
                    ema_decay=0.99, mixup_alpha=0.2)
-    run = build_run(cfg, splits, precision)
+    run = build_run(cfg, splits, plan)
     assert run.criterion.label_smoothing == 0.1
     assert run.optimizer.param_groups[0]["nesterov"] is True
     assert run.train_loader.train and run.train_loader.cutout_size == 8
@@ -367,7 +368,7 @@ def test_recipe_extras_reach_the_criterion_the_optimizer_and_the_loaders(tmp_pat
     assert torch.equal(run.val_loader.images.cpu(), torch.from_numpy(splits.val_images).permute(0, 3, 1, 2))
     assert run.ema is not None and run.ema.decay == 0.99 and run.mixer is not None
     assert run.eval_model is run.ema.module
-    plain = build_run(tiny_cfg(tmp_path), splits, precision)
+    plain = build_run(tiny_cfg(tmp_path), splits, plan)
     assert plain.criterion.label_smoothing == 0.0 and plain.optimizer.param_groups[0]["nesterov"] is False
     assert plain.train_loader.cutout_size == 0 and plain.train_loader.auto_augment == "none"
     assert plain.ema is None and plain.mixer is None and plain.eval_model is plain.model
@@ -387,7 +388,7 @@ def test_mixup_trains_and_train_acc_counts_the_dominant_label_of_the_mix(tmp_pat
     def mixer(x, y):
         return x, 0.4 * F.one_hot(y, 10).float() + 0.6 * F.one_hot((y + 1) % 10, 10).float()
 
-    real_step = train_mod.train_step
+    real_step = train_mod.update_weights
     batches = []
 
     def step(model, x, target, *args, **kwargs):
@@ -398,7 +399,7 @@ def test_mixup_trains_and_train_acc_counts_the_dominant_label_of_the_mix(tmp_pat
         return loss, logits
 
     run.mixer = mixer
-    monkeypatch.setattr(train_mod, "train_step", step)
+    monkeypatch.setattr(train_mod, "update_weights", step)
     out = train_mod.train_one_epoch(run, 0, False, None)
     assert batches == [32] * 5 + [20]
     assert out["train_acc"] == pytest.approx(0.5, abs=1e-7)
@@ -422,14 +423,14 @@ def test_resume_false_starts_over_in_the_same_run_dir(tmp_path, splits):
     pd.testing.assert_frame_equal(without_time(fresh.history), without_time(again.history))
 
 
-# --- the CPU guard: full-data training on a CPU says how long it will take, then continues -------------
+# --- the wall time: measured on every device, projected for all members; full data on a CPU says what to do --------
 def test_full_data_training_on_a_cpu_prints_a_time_estimate_from_its_first_steps(tmp_path, cifar, monkeypatch):
     calls = []
 
-    def fake_epoch(run, epoch, progress, on_step, on_cpu_estimate=None):
-        calls.append(on_cpu_estimate)
-        if on_cpu_estimate is not None:
-            on_cpu_estimate(0.5)            # as measured over the first steps
+    def fake_epoch(run, epoch, progress, on_step, on_time_estimate=None):
+        calls.append(on_time_estimate)
+        if on_time_estimate is not None:
+            on_time_estimate(0.5)            # as measured over the first steps
         return {"train_loss": 1.0, "train_acc": 0.5}
 
     monkeypatch.setattr(train_mod, "train_one_epoch", fake_epoch)
@@ -440,11 +441,14 @@ def test_full_data_training_on_a_cpu_prints_a_time_estimate_from_its_first_steps
     hours = 0.5 * 352 * 2 / 3600           # 45,000 images / 128 = 352 steps per epoch, 2 epochs in this call
     guard = [line for line in logged if line.startswith("Training on the CPU")]
     assert len(guard) == 1 and f"about {hours:.1f} h for the 2 epochs left" in guard[0] and "smoke" in guard[0]
+    wall = [line for line in logged if line.startswith("Wall time on cpu")]
+    assert len(wall) == 1 and "0.500 s per step" in wall[0] and "this member's 3 epoch(s) left: 8.8 min" in wall[0]
     assert calls[0] is not None and calls[1] is None          # measured once, in the first epoch of the call
     logged.clear()
-    cfg = tiny_cfg(tmp_path, "subset", epochs=1)               # a subset: minutes, nothing to warn about
+    cfg = tiny_cfg(tmp_path, "subset", epochs=1)               # a subset: minutes, no advice, but the wall time
     fit(cfg, prepare_splits(cfg, cifar), progress=False, log=logged.append)
     assert not [line for line in logged if line.startswith("Training on the CPU")]
+    assert [line for line in logged if line.startswith("Wall time on cpu, measured over steps 4-8")]
 
 
 def test_an_epoch_measures_seconds_per_step_over_its_first_steps_once(tmp_path, splits):
@@ -452,4 +456,143 @@ def test_an_epoch_measures_seconds_per_step_over_its_first_steps_once(tmp_path, 
     run = train_mod.build_run(cfg, splits, train_mod.decide(torch.device("cpu")))
     measured = []
     train_mod.train_one_epoch(run, 0, False, None, measured.append)
-    assert len(run.train_loader) > max(train_mod.CPU_GUARD_STEPS) and len(measured) == 1 and measured[0] > 0
+    assert len(run.train_loader) > max(train_mod.TIMING_STEPS) and len(measured) == 1 and measured[0] > 0
+
+
+def test_the_wall_time_is_projected_for_all_members_and_on_kaggle_split_over_sessions():
+    cfg = Config(epochs=400, members=2, val_fraction=0.0, patience=0)
+    device = torch.device("cuda")
+    # 0.2 s per step x 352 steps = 70.4 s per epoch; 400 epochs = 7.8 h per member
+    local = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=2, members_in_call=2,
+                                         platform="local")
+    assert len(local) == 1 and "all 2 members x 400 epochs, 2 at a time: 7.8 h" in local[0]
+    one_gpu = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=1, members_in_call=2,
+                                           platform="kaggle")
+    assert "all 2 members x 400 epochs, 1 at a time: 15.6 h" in one_gpu[0]
+    # one after another: 15.6 h in this call, over the 11 usable hours: 11 h / (70.4 s x 2 members) = 281 epochs
+    assert "does NOT fit the 12-hour session (about 15.6 h): set max_epochs_this_call = 281" in one_gpu[1]
+    two_gpus = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=2, members_in_call=2,
+                                            platform="kaggle")
+    assert two_gpus[1] == "Kaggle: this call fits the 12-hour session (about 7.8 h of it)."   # side by side
+    split = train_mod.wall_time_estimate(cfg.replace(max_epochs_this_call=200), device, 352, 0.2, 0, 200,
+                                         members_at_once=2, members_in_call=2, platform="kaggle")
+    assert "this call (200 epoch(s) per member, max_epochs_this_call 200): 3.9 h" in split[0]
+    assert split[1] == "Kaggle: this call fits the 12-hour session (about 3.9 h of it)."
+
+
+# --- members = 1 is the run from before members existed, bit for bit ------------------------------------------
+# Recorded with utils/train.py as it was before members, the monitor and the progress record (this CPU, torch
+# 2.14.1, avx512_bf16, one thread): sha256[:16] of the final last.pt / best.pt weights of TINY for 2 epochs, seed 1.
+BEFORE_MEMBERS = {"cpu": "AMD EPYC", "torch": "2.14.1", 0.1: ("8eea1e9d0801c69c", "3ce8496a113ab222"),
+                  0.0: ("e01f9a1d0308b2b6", "e01f9a1d0308b2b6")}
+
+
+def weights_digest(state) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.0])
+def test_members_1_trains_exactly_the_weights_of_the_run_before_members(tmp_path, cifar, one_thread, val_fraction):
+    from utils.device import cpu_has_native_bf16, device_name
+    cfg = tiny_cfg(tmp_path, epochs=2, val_fraction=val_fraction)
+    assert cfg.members == 1 and cfg.training_seed() == cfg.seed and cfg.member_path() == cfg.run_path
+    result = fit(cfg, prepare_splits(cfg, cifar), progress=False, log=lambda line: None)
+    assert (result.member, result.training_seed, result.run_dir) == (0, cfg.seed, cfg.run_path)
+    got = (weights_digest(load_checkpoint(result.last_path)["model"]),
+           weights_digest(load_checkpoint(result.best_path)["model"]))
+    # Member 0 of a 3-member run is that same run, in the same folder
+    again = fit(tiny_cfg(tmp_path, "member-0-of-3", epochs=2, val_fraction=val_fraction, members=3, member=0),
+                prepare_splits(cfg, cifar), progress=False, log=lambda line: None)
+    assert_same_weights(result.last_path, again.last_path)
+    cpu = device_name("cpu")
+    if not (cpu.startswith(BEFORE_MEMBERS["cpu"]) and cpu_has_native_bf16()
+            and torch.__version__.startswith(BEFORE_MEMBERS["torch"])):
+        pytest.skip(f"the recorded bits are from {BEFORE_MEMBERS['cpu']} (avx512_bf16) / torch "
+                    f"{BEFORE_MEMBERS['torch']}, this is {cpu} / torch {torch.__version__} (other kernels, rounding)")
+    assert got == BEFORE_MEMBERS[val_fraction]
+
+
+# --- best.pt records how far the run got -------------------------------------------------------------------------
+def test_best_pt_records_epochs_done_and_planned_every_epoch_even_when_its_weights_stay(tmp_path, splits,
+                                                                                        monkeypatch):
+    from utils.checkpoint import read_progress
+    accs = iter([0.5, 0.4, 0.3])           # epoch 1 is the best: best.pt's weights stay, its record moves on
+    monkeypatch.setattr(train_mod, "evaluate_loader", lambda *a, **k: {"loss": 1.0, "acc": next(accs)})
+    cfg = tiny_cfg(tmp_path, epochs=3, patience=0)
+    first = fit(cfg, splits, progress=False, max_epochs_this_call=2, log=lambda line: None)
+    best = load_checkpoint(first.best_path)
+    assert best["epoch"] == 1 and best["progress"] == {"epochs_done": 2, "epochs_planned": 3, "finished": False,
+                                                       "stopped_early": False, "member": 0, "training_seed": 1}
+    assert not read_progress(best, first.best_path).finished
+    fit(cfg, splits, progress=False, log=lambda line: None)
+    best = load_checkpoint(first.best_path)
+    assert best["epoch"] == 1 and best["progress"]["epochs_done"] == 3 and best["progress"]["finished"]
+    assert load_checkpoint(first.last_path)["progress"] == best["progress"]
+
+
+# --- the monitor: the test batch without a validation split, choosing nothing ------------------------------------
+def test_without_a_validation_split_the_monitor_records_the_test_batch_and_changes_nothing(tmp_path, cifar):
+    from utils.plots import training_curves
+    kw = dict(epochs=3, val_fraction=0.0, patience=0, ema_decay=0.9)
+    cfg = tiny_cfg(tmp_path, "every-2", monitor_every=2, **kw)
+    splits0 = prepare_splits(cfg, cifar)
+    logged = []
+    # Monitored at epochs 2 and 3 (the last), over two calls: the set of epochs does not depend on the split
+    fit(cfg, splits0, progress=False, max_epochs_this_call=1, log=logged.append)
+    rarely = fit(tiny_cfg(tmp_path, "every-5", monitor_every=5, **kw), splits0, progress=False, max_epochs_this_call=1,
+                 log=lambda line: None)
+    often = fit(tiny_cfg(tmp_path, "every-1", monitor_every=1, **kw), splits0, progress=False, max_epochs_this_call=1,
+                log=lambda line: None)
+    # After one epoch the run that monitored and the one that did not hold the same weights and the same RNG state
+    a, b = load_checkpoint(often.last_path), load_checkpoint(rarely.last_path)
+    assert_same_state(a["model"], b["model"])
+    assert all(torch.equal(x, y) for x, y in [(a["rng"]["torch"], b["rng"]["torch"]),
+                                              (a["rng"]["numpy"][1], b["rng"]["numpy"][1])])
+    assert a["rng"]["python"] == b["rng"]["python"]
+    assert not np.isnan(often.history.loc[0, "monitor_acc"]) and np.isnan(rarely.history.loc[0, "monitor_acc"])
+    result = fit(cfg, splits0, progress=False, log=logged.append)
+    often = fit(tiny_cfg(tmp_path, "every-1", monitor_every=1, **kw), splits0, progress=False, log=lambda line: None)
+    history = pd.read_csv(cfg.run_path / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "monitor_loss",
+                                     "monitor_acc", "lr", "seconds"]
+    assert history["monitor_acc"].notna().tolist() == [False, True, True]
+    assert_same_weights(result.last_path, often.last_path)         # monitoring every epoch changed no weight
+    best, last = load_checkpoint(result.best_path), load_checkpoint(result.last_path)
+    assert best["epoch"] == 3 and best["progress"]["finished"]     # best.pt: the final (EMA) weights, not a choice
+    assert_same_state(best["model"], last["ema"]["module"])
+    # What it recorded at the last epoch is exactly the final model on the labeled test batch
+    plan = decide(torch.device("cpu"))
+    loader = DeviceLoader(splits0.test_images, splits0.test_labels, splits0.mean, splits0.std, cfg.eval_batch_size,
+                          "cpu", train=False, channels_last=plan.channels_last)
+    expected = evaluate_loader(result.model, loader, plan=plan)
+    assert history["monitor_acc"].iloc[-1] == pytest.approx(expected["acc"], abs=1e-6)
+    assert history["monitor_loss"].iloc[-1] == pytest.approx(expected["loss"], abs=1e-5)
+    assert any("monitor (test) loss" in line and line.startswith("epoch   2") for line in logged)
+    fig = training_curves(history)
+    assert any("monitor" in str(line.get_label()) for ax in fig.axes for line in ax.get_lines())
+    assert "monitor" in fig.axes[1].get_title()
+
+
+def test_a_member_folder_resumes_only_its_own_member(tmp_path, splits):
+    cfg = tiny_cfg(tmp_path, epochs=2, members=2, member=1)
+    fit(cfg, splits, progress=False, max_epochs_this_call=1, log=lambda line: None)
+    last = cfg.member_path(1) / "last.pt"
+    assert last.is_file() and not (cfg.run_path / "last.pt").exists()
+    ckpt = load_checkpoint(last)
+    ckpt["progress"]["member"] = 0         # member 0's run, copied into member 1's folder
+    save_checkpoint(ckpt, last)
+    with pytest.raises(CheckpointError, match="member: checkpoint 0 vs now 1"):
+        fit(cfg, splits, progress=False, log=lambda line: None)

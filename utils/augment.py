@@ -13,8 +13,8 @@ Design choices:
   no per-step host work). Per-chunk v2 calls (one op per chunk) correlate the images of a chunk, change
   the method, and still loop in Python.
 - Every op is computed for the whole batch and each image takes its own result (one stacked gather on
-  its op). That is ~14 elementwise passes over 3 KB images instead of one: ~0.1 ms of CPU per image, a
-  few MFLOP, against ~3 x 1.57 GFLOP per image for the model's forward + backward.
+  its op). That is ~14 elementwise passes over 3 KB images instead of one: a small cost next to the model's
+  forward + backward over the same images (measured by benchmarks/bench_augment.py).
 - All geometric ops (ShearX/Y, TranslateX/Y, Rotate) are ONE per-image affine: a (N, 3, 2) matrix per
   image through torchvision's own grid arithmetic (pixel-centred base grid, float32 matrix divided by
   half the size, grid_sample nearest, zero padding, align_corners=False), so the sampled pixels are
@@ -28,20 +28,17 @@ Design choices:
 - Equalize is a batched histogram: scatter_add into one 256-bin row per (image, channel) (bincount would
   sync on CUDA to size its output), then PIL's LUT rule as torchvision applies it, all in integers.
 - Blends (Color, Contrast, Sharpness) use addcmul for `a + alpha * b`: it rounds like torchvision's
-  `add_(b, alpha=...)`; a separate multiply and add moves ~0.1 % of pixels by one level.
+  `add_(b, alpha=...)`; a separate multiply and add moves some pixels by one level.
 - Randomness: `draw_trivial_augment` draws op, magnitude bin and sign for n images from a CPU
   torch.Generator in that fixed order, so the loader can draw a whole epoch up front and move it to the
   device in one copy; the draws are the same on every device.
 
-Evidence (benchmarks/bench_augment.py --device cpu --batch-size 128 --steps 30 --model-steps 2 --threads 1;
-uint8 batches already on the device; Intel Xeon Processor, 2 cores shared with other jobs, torch 2.14.1):
-  (a) crop+flip 21,000-46,000 img/s; (b) crop+flip+TrivialAugment 4,400-7,100 img/s, i.e. TrivialAugment
-  0.12-0.18 ms per image; (c) the CustomResNet training step (forward + loss + backward) 55-60 img/s (about
-  17 ms per image). TrivialAugment is 0.7-1.0 % of an augment + train step (three runs; the spread is the
-  other jobs on the cores; with 2 threads there every number swings several-fold, hence 1 thread).
-  No GPU was available to this work. On a GPU the FLOPs stay negligible but the call is ~90 small kernels
-  (0.7-0.9 ms of host dispatch per call on this CPU, whatever the batch size), so its share of a fast
-  GPU step must be measured there: run the benchmark with --device cuda.
+Evidence: tests/test_augment.py (every op, bin and sign pixel-exact against
+torchvision.transforms.v2.functional, image by image; no host sync, on the meta device) and
+`python benchmarks/bench_augment.py [--device cuda]` (its cost: augmentation images/s next to the training step
+it feeds on the same device). The measured numbers, with their command and device, are in docs/benchmarks.md
+("Augmentation cost"). On a GPU the FLOPs stay negligible but the call is ~90 small kernels, so its share of a
+fast GPU step must be measured there.
 """
 from __future__ import annotations
 

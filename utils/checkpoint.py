@@ -11,17 +11,24 @@ Design choices:
 - Format 2 (this release) stores the EMA as {"updates", "module"} and the loss scaler's state; format 1
   checkpoints (the first release) are still read: their EMA state (torch's AveragedModel layout) is
   converted on load.
+- How far the run got is recorded where inference reads: both files carry `progress` (epochs done and
+  planned, finished, stopped early, the member and its training seed), and training rewrites best.pt's
+  record every epoch even when its weights stay (its `epoch` is the epoch of those weights, not how far the
+  run got). A checkpoint from before the record existed still loads: `read_progress` then asks the last.pt
+  beside it, and says "unknown" when there is none (`Progress.finished is None`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import environment
-from .config import Config
+from . import locate, platforms
+from .config import Config, recipe_differences
 from .files import atomic_write
 from .model import CustomResNet, build_model
 
@@ -44,6 +51,7 @@ def _upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
         ckpt["ema"] = {"updates": int(ema["n_averaged"]),
                        "module": {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}}
     ckpt.setdefault("scaler", None)
+    ckpt.setdefault("progress", None)
     ckpt["format"] = CHECKPOINT_FORMAT
     return ckpt
 
@@ -99,16 +107,121 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
     return model, ckpt
 
 
-def find_checkpoint(cfg: Config, name: str = "best.pt") -> Path:
-    """`name` in the run's folder; on Kaggle also in an attached notebook output under /kaggle/input (its
-    profile's first). The error says how to make or attach one."""
-    candidates = environment.checkpoint_candidates(cfg.run_path, name, cfg.profile)
-    for path in candidates:
-        if path.is_file():
-            return path
-    looked = "\n".join(f"  - {p}" for p in candidates)
+def find_run_folder(cfg: Config, log: Callable[[str], object] = print) -> Path:
+    """The folder holding member 0's best.pt (member k >= 1 lives in its `member-{k}` subfolder): cfg.run_path when
+    it has best.pt; else, on Kaggle, a run folder in an attached notebook output under /kaggle/input (either mount
+    layout, utils.locate.run_folder_candidates: the profile's first). An attached best.pt is used only when it was
+    trained with this profile's recipe (utils.config.recipe_differences, the rule resume applies to last.pt): one
+    of another recipe, or one that cannot be read, is skipped with a line saying why. The folder used is always
+    logged; the error names every place looked and every candidate skipped."""
+    own, *attached = locate.run_folder_candidates(cfg.run_path, cfg.profile)
+    if (own / locate.BEST).is_file():
+        log(f"run folder: {own} (best.pt of this run)")
+        return own
+    skipped = []
+    for folder in attached:
+        path = folder / locate.BEST
+        try:
+            saved = load_checkpoint(path).get("config")
+        except CheckpointError as err:
+            why = str(err).replace(f"{path}: ", "", 1).replace("\n", " ")
+        else:
+            differences = recipe_differences(saved, cfg) if isinstance(saved, dict) else ["no saved config"]
+            if not differences:
+                log(f"run folder: {folder} (best.pt from an attached notebook's output, read-only; trained with "
+                    f"the recipe of profile {cfg.profile!r})")
+                return folder
+            why = f"trained with another recipe than profile {cfg.profile!r} ({'; '.join(differences)})"
+        skipped.append(f"skipped {path}: {why}")
+        log(skipped[-1])
+    looked = [f"  - {own}"]
+    if platforms.detect() == "kaggle":
+        root = platforms.KAGGLE_INPUT
+        looked.append(f"  - every folder under {root} to depth {locate.RUN_SEARCH_DEPTH}: attached notebook outputs "
+                      f"are mounted at {root}/notebooks/<user>/<notebook>/ (current layout) or {root}/<notebook>/ "
+                      "(older sessions)")
+    looked += [f"  - {line}" for line in skipped]
     raise CheckpointError(
-        f"{name} not found. Looked in:\n{looked}\nTrain first (notebook 03 with the same profile and run_dir), or "
-        "point run_dir at the folder that holds it. Colab: notebook 03 saved it on your Google Drive; keep the same "
-        "REPO_URL and run_dir. Kaggle: run 03 in this session, or attach the output of the notebook that trained it "
-        "(Add Input > Your Work > that notebook, after Save Version).")
+        f"{locate.BEST} not found for profile {cfg.profile!r}. Looked in:\n" + "\n".join(looked) + "\nTrain first "
+        "(notebook 03 with the same profile and run_dir), or point run_dir at the folder that holds it. Colab: "
+        "notebook 03 saved it on your Google Drive; keep the same REPO_URL and run_dir. Kaggle: run 03 in this "
+        "session, or attach the output of the notebook that trained it with this profile (Add Input > Your Work > "
+        "that notebook, after Save Version).")
+
+
+def find_checkpoint(cfg: Config, name: str = "best.pt", log: Callable[[str], object] = print) -> Path:
+    """`name` in the run folder `find_run_folder` chooses (for a file other than best.pt, cfg.run_path's own copy
+    first). The error says how to make or attach one."""
+    own = cfg.run_path / name
+    if name != locate.BEST and own.is_file():
+        log(f"{name}: {own}")
+        return own
+    path = find_run_folder(cfg, log) / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no {name} beside the best.pt used. Train first (notebook 03 with the same "
+                              "profile and run_dir), or point run_dir at the folder that holds both.")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# How far a run got: recorded in best.pt and last.pt, read by inference (utils.ensemble)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """How far the run that wrote a checkpoint got. `finished`: it reached its schedule's end or stopped early;
+    None when unknown (a checkpoint from before this was recorded, with no last.pt beside it)."""
+    epochs_done: int | None
+    epochs_planned: int | None
+    finished: bool | None
+    stopped_early: bool
+    member: int
+    training_seed: int | None
+    source: str = "recorded"         # recorded | "last.pt beside it" | unknown
+
+    def record(self) -> dict[str, Any]:
+        """The plain dict a checkpoint stores (without `source`)."""
+        return {k: v for k, v in asdict(self).items() if k != "source"}
+
+    @property
+    def state(self) -> str:
+        if self.finished is None:
+            return "unknown"
+        return "stopped early" if self.stopped_early else "finished" if self.finished else "NOT finished"
+
+    def describe(self) -> str:
+        if self.finished is None:
+            return "epochs unknown (an older checkpoint, no last.pt beside it)"
+        return f"{self.epochs_done}/{self.epochs_planned} epochs, {self.state}"
+
+
+def progress_record(epochs_done: int, epochs_planned: int, stopped_early: bool, member: int,
+                    training_seed: int) -> dict[str, Any]:
+    """What training stores under `progress` in best.pt and last.pt."""
+    return Progress(epochs_done, epochs_planned, bool(stopped_early or epochs_done >= epochs_planned),
+                    bool(stopped_early), member, training_seed).record()
+
+
+def _from_last(last: dict[str, Any], source: str) -> Progress:
+    saved = last.get("config") or {}
+    done, planned = len(last.get("history") or []), saved.get("epochs")
+    stopped = bool(last.get("stopped_early"))
+    return Progress(done, planned, None if planned is None else stopped or done >= planned, stopped, 0,
+                    saved.get("seed"), source)
+
+
+def read_progress(ckpt: dict[str, Any], path: str | Path) -> Progress:
+    """How far the run of the checkpoint `ckpt` (read from `path`) got: its own record; for an older checkpoint
+    the last.pt beside it (its history's length against its config's epochs); else unknown."""
+    record = ckpt.get("progress")
+    if isinstance(record, dict):
+        return Progress(**{k: record.get(k) for k in ("epochs_done", "epochs_planned", "finished")},
+                        stopped_early=bool(record.get("stopped_early")), member=int(record.get("member") or 0),
+                        training_seed=record.get("training_seed"))
+    path = Path(path)
+    if "history" in ckpt:                               # an older last.pt knows it itself
+        return _from_last(ckpt, "its history")
+    last = path.parent / "last.pt"
+    if path.name != "last.pt" and last.is_file():
+        return _from_last(load_checkpoint(last), "last.pt beside it")
+    return Progress(None, (ckpt.get("config") or {}).get("epochs"), None, False, 0,
+                    (ckpt.get("config") or {}).get("seed"), "unknown")

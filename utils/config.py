@@ -16,12 +16,19 @@ Design choices:
 - Whether `device` exists is not checked here but when a run starts (`utils.device.resolve_device`):
   a checkpoint's config must still load on another machine.
 - Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output
-  root (`utils.environment`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
+  root (`utils.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
   a relative `data_dir` resolves against the repository root.
+- Members: `members` models of one recipe, each with its own TRAINING seed (`Config.training_seed`:
+  initialisation, batch order, augmentation, dropout, MixUp), all on the same DATA (`seed`: the subset, the
+  validation split, the normalisation, the corruption draws). Member 0's training seed is `seed` itself and
+  its folder is `run_path`, so `members 1` is exactly the run from before members existed; member k >= 1
+  lives in `run_path / "member-k"` (`Config.member_path`). `member` (None: all) only chooses what notebook 03
+  / `run.py` trains; notebooks 04 and 05 use every finished member they find.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -31,9 +38,10 @@ from typing import Any
 
 import yaml
 
-from .environment import REPO_ROOT, resolve_output
+from . import platforms
+from .platforms import resolve_output
 
-CONFIG_DIR = REPO_ROOT / "configs"
+CONFIG_DIR = platforms.REPO_ROOT / "configs"
 KAGGLE_COMPETITION = "deep-learning-spring-2025-project-1"
 IMAGE_SIDE = 32                     # CIFAR-10 images are 32 x 32
 IMAGES_PER_CLASS = 5000             # training images per class in CIFAR-10
@@ -42,6 +50,14 @@ TTA_MODES = ("none", "flip", "flip_shift")
 AUTO_AUGMENT = ("none", "trivialaugment")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def __getattr__(name: str) -> Any:
+    """`utils.config.REPO_ROOT` (scripts and tests import it from here) is read from utils.platforms, its only
+    home, when it is asked for, so a test that patches platforms.REPO_ROOT is seen here too."""
+    if name == "REPO_ROOT":
+        return platforms.REPO_ROOT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -58,17 +74,18 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Rule:
     """What a field accepts; `check(value)` returns (coerced value, None) or (value, what is allowed)."""
-    kind: str                                   # int | float | bool | str | path | ints | choice | device
+    kind: str                                   # int | optint | float | bool | str | path | ints | choice | device
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
     choices: tuple[str, ...] = ()
     note: str = ""
+    none_alias: str = ""                        # optint: a word read as None (member: "all")
 
     def allowed(self) -> str:
-        if self.kind in ("int", "float"):
-            what = "an integer" if self.kind == "int" else "a number"
+        if self.kind in ("int", "optint", "float"):
+            what = "an integer" if self.kind in ("int", "optint") else "a number"
             if self.lo is not None and self.hi is not None:
                 left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
                 text = f"{what} in {left}{self.lo:g}, {self.hi:g}{right}"
@@ -76,6 +93,8 @@ class Rule:
                 text = f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
             else:
                 text = what
+            if self.kind == "optint":
+                text += f" or null{f' ({self.none_alias!r})' if self.none_alias else ''}"
         elif self.kind == "bool":
             text = "true or false"
         elif self.kind == "str":
@@ -98,6 +117,12 @@ class Rule:
     def check(self, value: Any) -> tuple[Any, str | None]:
         bad = (value, self.allowed())
         if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return bad
+            return (value, None) if self._in_range(value) else bad
+        if self.kind == "optint":
+            if value is None or (self.none_alias and value == self.none_alias):
+                return None, None
             if isinstance(value, bool) or not isinstance(value, int):
                 return bad
             return (value, None) if self._in_range(value) else bad
@@ -148,6 +173,10 @@ def integer(default: int, min: int | None = None, max: int | None = None, note: 
     return _field(default, Rule("int", min, max, note=note))
 
 
+def optional_integer(default: int | None, min: int | None = None, none_alias: str = "", note: str = "") -> Any:
+    return _field(default, Rule("optint", min, None, note=note, none_alias=none_alias))
+
+
 def number(default: float, min: float | None = None, above: float | None = None, max: float | None = None,
            below: float | None = None, note: str = "") -> Any:
     return _field(default, Rule("float", min if above is None else above, max if below is None else below,
@@ -189,7 +218,7 @@ class Config:
     run_dir: str | None = path(None)             # checkpoints + history; None: runs/<profile>/checkpoints
     figures_dir: str = text("figures")
     submission_path: str = text("submissions/submission.csv")
-    nolabel_path: str | None = path(None)        # None: found beside the data (utils.data.find_nolabel)
+    nolabel_path: str | None = path(None)        # None: found beside the data (utils.dataset.find_nolabel)
     # --- data ---
     subset_per_class: int = integer(0, min=0, max=IMAGES_PER_CLASS, note="0: all 5,000 per class")
     val_fraction: float = number(0.1, min=0.0, below=1.0, note="0: no validation split, train on every image")
@@ -220,11 +249,21 @@ class Config:
     seed: int = integer(0, min=0)
     device: str = device_name_field("auto")      # auto: cuda, then mps, then cpu
     deterministic: bool = flag(False)
-    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.precision)
+    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.device)
     channels_last: bool = flag(True)             # where the device gains from it
     compile: bool = flag(False)                  # torch.compile, where the device allows it
     eval_batch_size: int = integer(500, min=1)
     resume: bool = flag(True)                    # continue from run_dir/last.pt when it exists
+    # --- members and sessions (run-time fields: changing them never blocks a resume) ---
+    members: int = integer(1, min=1, note="models of this recipe, each with its own training seed, averaged by "
+                                          "04 and 05")
+    member: int | None = optional_integer(None, min=0, none_alias="all",
+                                          note="which member notebook 03 / run.py trains; null: all of them")
+    max_epochs_this_call: int | None = optional_integer(None, min=0, note="0 or null: no limit; N: train at most "
+                                                                           "N epochs now, the next call resumes")
+    monitor_every: int = integer(5, min=0, note="with val_fraction 0: evaluate the labeled test batch every N "
+                                                "epochs and at the last, as a monitor that chooses nothing")
+    allow_unfinished: bool = flag(False)         # 04 / 05 use a member whose run has not finished, saying so
 
     def __post_init__(self) -> None:
         problems, invalid = [], set()
@@ -265,13 +304,49 @@ class Config:
         """Early stopping needs a validation split: with val_fraction 0 it is off whatever `patience` says."""
         return self.has_validation and self.patience > 0
 
-    def notes(self) -> list[str]:
-        """Settings that are accepted but change meaning, said once where a run starts."""
+    @property
+    def member_indices(self) -> list[int]:
+        """The members notebook 03 / `run.py` trains: `member` alone where it is set, else all of them."""
+        return [self.member] if self.member is not None else list(range(self.members))
+
+    @property
+    def epoch_limit(self) -> int | None:
+        """`max_epochs_this_call` as a number of epochs, None for no limit (0 and None both mean none)."""
+        return self.max_epochs_this_call or None
+
+    def training_seed(self, member: int | None = None) -> int:
+        """The seed of member `member`'s training randomness (initialisation, batch order, augmentation, dropout,
+        MixUp); default: `self.member`, else 0. Member 0's is `seed` itself (a one-member run is exactly the run
+        from before members existed); member k >= 1 gets a 31-bit number hashed from (seed, k), so no member of
+        one seed repeats a member of another. The data (subset, split, normalisation, corruptions) always uses
+        `seed`, the same for every member."""
+        k = (self.member or 0) if member is None else member
+        if k == 0:
+            return self.seed
+        digest = hashlib.sha256(f"cifar10-member/{self.seed}/{k}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") >> 1
+
+    def member_path(self, member: int | None = None) -> Path:
+        """Member `member`'s run folder (default: `self.member`, else 0): member 0 = run_path, member k = run_path /
+        "member-k". Each resumes on its own."""
+        k = (self.member or 0) if member is None else member
+        return self.run_path if k == 0 else self.run_path / f"member-{k}"
+
+    def notes(self, members: bool = True) -> list[str]:
+        """Settings that are accepted but change meaning, said once where a run starts (`members`: also the line on
+        members, which a single member's training leaves out)."""
         out = []
         if not self.has_validation:
             out.append("val_fraction 0: no validation split; training uses every training image, best.pt holds the "
                        "final weights" + (" (EMA)" if self.ema_decay else "")
-                       + (f", and early stopping (patience {self.patience}) is off" if self.patience else ""))
+                       + (f", and early stopping (patience {self.patience}) is off" if self.patience else "")
+                       + f"; the labeled test batch is evaluated every {self.monitor_every} epoch(s) and at the last "
+                       "as a monitor only: it chooses nothing")
+        if members and (self.members > 1 or self.member is not None):
+            which = (f"this run trains member {self.member} alone ({self.member_path()})" if self.member is not None
+                     else f"notebook 03 trains all {self.members}")
+            out.append(f"members {self.members}: models of this recipe on the same data (seed {self.seed}), each "
+                       f"with its own training seed; {which}; 04 and 05 average every finished member they find")
         return out
 
     # Resolved paths -------------------------------------------------------------------------
@@ -292,7 +367,7 @@ class Config:
         if self.data_dir is None:
             return None
         p = Path(self.data_dir).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+        return p if p.is_absolute() else platforms.REPO_ROOT / p
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"channels": list(self.channels), "blocks": list(self.blocks), "dropout": self.dropout}
@@ -307,6 +382,12 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
     if valid("channels", "blocks") and len(cfg.channels) != len(cfg.blocks):
         problems.append(f"channels = {cfg.channels} and blocks = {cfg.blocks}: expected one entry per stage in each "
                         "(equal lengths)")
+    if valid("member", "members") and cfg.member is not None and cfg.member >= cfg.members:
+        problems.append(f"member = {cfg.member} with members = {cfg.members}: expected a member index from 0 to "
+                        f"{cfg.members - 1}, or null for all of them")
+    if valid("monitor_every", "val_fraction") and cfg.monitor_every == 0 and not cfg.has_validation:
+        problems.append("monitor_every = 0 with val_fraction = 0.0: without a validation split the test-batch monitor "
+                        "is the only view of training; expected monitor_every >= 1")
     if valid("nesterov", "momentum") and cfg.nesterov and cfg.momentum == 0:
         problems.append("nesterov = True with momentum = 0.0: Nesterov momentum needs momentum > 0")
     if valid("profile") and not PROFILE_PATTERN.match(cfg.profile):
@@ -323,6 +404,25 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
                             "at least one image per class on each side (raise subset_per_class, or use val_fraction 0 "
                             "for no validation split)")
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# What defines a run (the recipe) and what may change between its sessions (run-time fields)
+# --------------------------------------------------------------------------------------------
+# Fields that may change between a run and its resumption (or between the run that saved a checkpoint and the
+# notebook that reads it); every other field is the recipe. Resume (utils.train) and checkpoint discovery for
+# inference (utils.checkpoint) apply the same rule, so it lives here, below both.
+RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path", "test_limit", "device",
+                  "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "profile",
+                  "corruption_images", "members", "member", "max_epochs_this_call", "monitor_every",
+                  "allow_unfinished"}
+
+
+def recipe_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Each recipe field whose value in a saved config (a checkpoint's) differs from `cfg`'s, as a readable line."""
+    now = cfg.to_dict()
+    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
+            if k not in RUNTIME_FIELDS and k in saved and saved[k] != now[k]]
 
 
 # --------------------------------------------------------------------------------------------

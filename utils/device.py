@@ -1,9 +1,9 @@
-"""The runtime decisions, in one place: which device, which precision, layout and compilation it gets,
+"""The runtime decisions, in one place: which device, and which precision, layout and compilation it gets,
 seeding, RNG state across machines, and whether to draw progress bars.
 
-Precision: one decision, made once per run.
+ExecutionPlan: one decision, made once per run.
 
-`decide(device, amp, channels_last, compile)` returns a frozen `Precision` whose `reason` is printed
+`decide(device, amp, channels_last, compile)` returns a frozen `ExecutionPlan` whose `reason` is printed
 once at the start of a run; training and evaluation read everything from it (`autocast()`,
 `memory_format()`, `make_scaler()`, `optimizer_kwargs()`, `compile`) instead of re-testing the device.
 `check_device(device)` refuses, before any training, a device that does not exist or that the
@@ -28,13 +28,13 @@ Rules, and why:
   (fp16 autocast buys little and needs a scaler); MPS autocast support is partial and
   version-dependent, and fp32 is what its kernels are tuned for.
 - CPU: bf16 autocast + channels_last only where the CPU has native bf16 (`avx512_bf16` or `amx_bf16`
-  in /proc/cpuinfo's flags), else fp32 contiguous. Measured on a 2-core EPYC with avx512_bf16,
-  batch 128 of the project's ResNet: fp32 contiguous 95-96 img/s, fp32 channels_last 115,
-  bf16 autocast + channels_last 216-217. Without the instructions oneDNN emulates bf16 by
+  in /proc/cpuinfo's flags), else fp32 contiguous: on a native-bf16 CPU bf16 + channels_last trains the
+  project's ResNet faster than fp32 (measured: docs/benchmarks.md, "CPU precision and layout", with the
+  device; benchmarks/bench_train.py measures the step). Without the instructions oneDNN emulates bf16 by
   converting to fp32 and back, which is slower than plain fp32; oneDNN's own capability check
   (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`) says yes on AVX-512 CPUs
   that merely emulate, so the flags are read directly. On a native-bf16 CPU channels_last stays on
-  with amp=False (115 vs 95 img/s above).
+  with amp=False (faster than contiguous fp32 there, same source).
 - torch.compile: only on CUDA >= 7.0, and never with bf16 below 8.0. Inductor emits Triton kernels,
   and Triton supports compute capability >= 7.0 only (torch raises "Found Tesla P100 which is too
   old to be supported by the triton GPU compiler"); Triton's bf16 code needs sm_80 instructions.
@@ -78,7 +78,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DeviceError", "Precision", "cpu_flags", "cpu_has_native_bf16", "gpu_arch_supported", "check_device",
+    "DeviceError", "ExecutionPlan", "cpu_flags", "cpu_has_native_bf16", "gpu_arch_supported", "check_device",
     "compile_allowed", "decide", "device_name", "pick_device", "resolve_device", "seed_everything",
     "rng_state", "set_rng_state", "progress_bars", "PROGRESS_ENV", "synchronize", "timed",
 ]
@@ -96,7 +96,7 @@ class DeviceError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Precision:
+class ExecutionPlan:
     """What a run on `device` uses. `dtype` is the autocast dtype (None: fp32, no autocast)."""
     device: torch.device
     dtype: torch.dtype | None
@@ -252,7 +252,7 @@ def compile_allowed(device_type: str, capability: tuple[int, int] | None, dtype:
 
 
 def decide(device: torch.device | str, amp: bool = True, channels_last: bool = True, compile: bool = False, *,
-           capability: tuple[int, int] | None = None, cpu_flags: set[str] | None = None) -> Precision:
+           capability: tuple[int, int] | None = None, cpu_flags: set[str] | None = None) -> ExecutionPlan:
     """The precision, layout and compilation for `device`; `amp`/`channels_last`/`compile` are permissions.
 
     `capability` (CUDA) and `cpu_flags` (CPU) mock the hardware; None asks torch / /proc/cpuinfo
@@ -305,7 +305,7 @@ def decide(device: torch.device | str, amp: bool = True, channels_last: bool = T
     reason = " + ".join(p for p in parts if p) + f" ({why})"
     if compile and not compiled:
         reason += f"; compile=True ignored: {no_compile}"
-    return Precision(device=device, dtype=dtype, channels_last=nhwc, grad_scaler=scaler, compile=compiled,
+    return ExecutionPlan(device=device, dtype=dtype, channels_last=nhwc, grad_scaler=scaler, compile=compiled,
                      reason=reason)
 
 

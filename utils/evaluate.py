@@ -8,7 +8,8 @@ Design choices:
   diagonal directions (6 views), the kind of shift the training crops (zero padding 4) taught the model.
   Probabilities are averaged, not logits: a view that is sure of itself does not outvote the others.
   Off in `paper` (the paper evaluates plain).
-- Precision is the caller's (`utils.device.Precision`); without one, evaluation runs in fp32, exact.
+- The execution plan (precision, layout) is the caller's (`utils.device.ExecutionPlan`); without one,
+  evaluation runs in fp32, exact.
 - Metrics come from scikit-learn (classification_report, confusion_matrix) rather than hand-written
   loops, so the numbers match what graders compute.
 - This module never imports the trainer: inference needs only the model and its checkpoint.
@@ -26,8 +27,9 @@ from torch import nn
 from .checkpoint import load_trained_model
 from .config import Config
 from .corruptions import robustness_table, summarize
-from .data import DeviceLoader, Splits, prepare_splits
-from .device import Precision, decide, progress_bars
+from .dataset import Splits, prepare_splits
+from .device import ExecutionPlan, decide, progress_bars
+from .loader import DeviceLoader
 
 TTA_SHIFT = 2                 # pixels; within the training crops' +-4
 
@@ -55,17 +57,17 @@ def tta_views(x: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tens
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DeviceLoader, tta: str | bool = "none",
-                   precision: Precision | None = None) -> torch.Tensor:
+def predict_log_probs(model: nn.Module, loader: DeviceLoader, tta: str | bool = "none",
+                   plan: ExecutionPlan | None = None) -> torch.Tensor:
     """Class log-probabilities (N, C) for every image of `loader`, in order, as a float32 tensor on its device."""
-    precision = precision or decide(loader.device, amp=False, channels_last=False)
+    plan = plan or decide(loader.device, amp=False, channels_last=False)
     mode = tta_mode(tta)
     black = -loader.mean / loader.std
     was_training = model.training
     model.eval()
     out = []
     for x, _ in loader:
-        with precision.autocast():
+        with plan.autocast():
             views = [F.log_softmax(model(v).float(), dim=1) for v in tta_views(x, mode, black)]
         out.append(torch.logsumexp(torch.stack(views), 0) - math.log(len(views)))
     model.train(was_training)
@@ -73,28 +75,28 @@ def predict_logits(model: nn.Module, loader: DeviceLoader, tta: str | bool = "no
 
 
 def evaluate_loader(model: nn.Module, loader: DeviceLoader, tta: str | bool = "none",
-                    precision: Precision | None = None) -> dict[str, float]:
+                    plan: ExecutionPlan | None = None) -> dict[str, float]:
     """Sample-weighted mean cross-entropy and accuracy over a labeled loader."""
-    logp = predict_logits(model, loader, tta=tta, precision=precision)
+    logp = predict_log_probs(model, loader, tta=tta, plan=plan)
     labels = loader.labels
     return {"loss": F.nll_loss(logp, labels).item(),
             "acc": (logp.argmax(1) == labels).float().mean().item()}
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, mean, std, device: torch.device,
-                  batch_size: int = 500, tta: str | bool = "none", precision: Precision | None = None) -> np.ndarray:
+                  batch_size: int = 500, tta: str | bool = "none", plan: ExecutionPlan | None = None) -> np.ndarray:
     """Softmax probabilities (N, 10) for uint8 NHWC images."""
-    channels_last = precision is not None and precision.channels_last
+    channels_last = plan is not None and plan.channels_last
     loader = DeviceLoader(images, None, mean, std, batch_size, device, train=False, channels_last=channels_last)
-    return predict_logits(model, loader, tta=tta, precision=precision).exp().cpu().numpy()
+    return predict_log_probs(model, loader, tta=tta, plan=plan).exp().cpu().numpy()
 
 
 def predict_with_checkpoint(model: nn.Module, checkpoint: dict, images: np.ndarray, device: torch.device,
                             batch_size: int = 500, tta: str | bool = "none",
-                            precision: Precision | None = None) -> np.ndarray:
+                            plan: ExecutionPlan | None = None) -> np.ndarray:
     """Softmax probabilities (N, 10) normalized with the mean/std stored in the model's checkpoint."""
     norm = checkpoint["normalization"]
-    return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size, tta, precision)
+    return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size, tta, plan)
 
 
 def checkpoint_splits(checkpoint: dict, cfg: Config) -> Splits:
@@ -104,38 +106,47 @@ def checkpoint_splits(checkpoint: dict, cfg: Config) -> Splits:
     return prepare_splits(trained.replace(data_dir=cfg.data_dir, test_limit=cfg.test_limit))
 
 
+def corruption_images(images: np.ndarray, cfg: Config, device: torch.device) -> torch.Tensor:
+    """The first `cfg.corruption_images` images (0: all) as a uint8 (n, 3, H, W) tensor on `device`, what
+    utils.corruptions.robustness_table corrupts."""
+    n = cfg.corruption_images or len(images)
+    return torch.from_numpy(np.ascontiguousarray(images[:n])).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+def uint8_log_probs(model: nn.Module, checkpoint: dict, batch: torch.Tensor, cfg: Config,
+                    plan: ExecutionPlan | None = None) -> torch.Tensor:
+    """Class log-probabilities for a uint8 (n, 3, H, W) batch on the device, with the checkpoint's normalisation
+    and the profile's TTA (a corruption set of robustness_table)."""
+    norm = checkpoint["normalization"]
+    loader = DeviceLoader(batch, None, norm["mean"], norm["std"], cfg.eval_batch_size, batch.device,
+                          channels_last=plan is not None and plan.channels_last)
+    return predict_log_probs(model, loader, cfg.tta, plan)
+
+
 def robustness(model: nn.Module, checkpoint: dict, images: np.ndarray, labels: np.ndarray, cfg: Config,
-               precision: Precision | None = None, progress: bool = True) -> pd.DataFrame:
+               plan: ExecutionPlan | None = None, progress: bool = True) -> pd.DataFrame:
     """Accuracy on the first `cfg.corruption_images` test images under every corruption and severity of
     utils.corruptions (a synthetic proxy for distribution shift), with a `clean` row first."""
-    device = precision.device if precision is not None else torch.device("cpu")
-    norm = checkpoint["normalization"]
-    n = cfg.corruption_images or len(images)
-    uint8 = torch.from_numpy(np.ascontiguousarray(images[:n])).to(device).permute(0, 3, 1, 2).contiguous()
-    channels_last = precision is not None and precision.channels_last
-
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        loader = DeviceLoader(batch, None, norm["mean"], norm["std"], cfg.eval_batch_size, device,
-                              channels_last=channels_last)
-        return predict_logits(model, loader, cfg.tta, precision).argmax(1)
-
-    return robustness_table(predict, uint8, labels[:n], seed=cfg.seed, limit=0, progress=progress_bars(progress))
+    device = plan.device if plan is not None else torch.device("cpu")
+    uint8 = corruption_images(images, cfg, device)
+    return robustness_table(lambda batch: uint8_log_probs(model, checkpoint, batch, cfg, plan).argmax(1), uint8,
+                            labels[:len(uint8)], seed=cfg.seed, limit=0, progress=progress_bars(progress))
 
 
-def evaluate_checkpoint(path, cfg: Config, splits: Splits, precision: Precision) -> dict[str, float | None]:
+def evaluate_checkpoint(path, cfg: Config, splits: Splits, plan: ExecutionPlan) -> dict[str, float | None]:
     """A trained model's headline numbers: clean validation accuracy (None without a split), test accuracy with
     the profile's TTA and without, and the mean accuracy under corruptions (utils.corruptions)."""
-    model, ckpt = load_trained_model(path, precision.device)
-    model.to(memory_format=precision.memory_format())
+    model, ckpt = load_trained_model(path, plan.device)
+    model.to(memory_format=plan.memory_format())
     norm = ckpt["normalization"]
 
     def acc(images: np.ndarray, labels: np.ndarray, tta: str = "none") -> float:
-        loader = DeviceLoader(images, labels, norm["mean"], norm["std"], cfg.eval_batch_size, precision.device,
-                              channels_last=precision.channels_last)
-        return evaluate_loader(model, loader, tta, precision)["acc"]
+        loader = DeviceLoader(images, labels, norm["mean"], norm["std"], cfg.eval_batch_size, plan.device,
+                              channels_last=plan.channels_last)
+        return evaluate_loader(model, loader, tta, plan)["acc"]
 
     plain = acc(splits.test_images, splits.test_labels)
-    table = robustness(model, ckpt, splits.test_images, splits.test_labels, cfg, precision, progress=False)
+    table = robustness(model, ckpt, splits.test_images, splits.test_labels, cfg, plan, progress=False)
     return {"best_epoch": int(ckpt["epoch"]),
             "val_acc": acc(splits.val_images, splits.val_labels) if len(splits.val_labels) else None,
             "test_acc": acc(splits.test_images, splits.test_labels, cfg.tta) if cfg.tta != "none" else plain,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .environment import OutputError, explain_os_error, refuse_unsafe
+from .platforms import OutputError, explain_os_error, refuse_unsafe
 
 
 def new_file_mode() -> int:

@@ -4,8 +4,10 @@ Design choices:
 - The setup cell itself only finds (or clones) the repository, because nothing of `utils` can be imported
   before that; everything after it is here, in tested package code, not copied into five notebooks.
 - On Colab and Kaggle only the missing requirements are installed, never upgraded: the platform's torch is
-  built for its GPU, and upgrading its Jupyter stack can crash the runtime (utils.environment). This module
+  built for its GPU, and upgrading its Jupyter stack can crash the runtime (utils.install). This module
   imports nothing heavy at the top, so the install happens before torch or pandas are imported.
+- The platform line names the signal that decided the platform (utils.platforms.detection): on Kaggle, whose
+  image carries Colab's variables and package, it must say Kaggle's variable decided.
 - The Config is the notebook's `profile` with the fields its `parameters` cell (or papermill) sets over it,
   validated at once (`ConfigError` lists every bad field); the device is checked the same way, so a bad
   value fails here, in the first seconds, not deep inside training.
@@ -17,14 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import environment
+from . import install as requirements
+from . import platforms
 
 
 def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bool = True):
     """(cfg, device) for a notebook whose globals are `namespace`; prints one line each on platform and run."""
-    platform = environment.detect()
+    found = platforms.detection()
+    platform = found.platform
     if install if install is not None else platform in ("colab", "kaggle"):
-        for line in environment.install_missing(environment.REPO_ROOT / "requirements.txt"):
+        for line in requirements.install_missing(platforms.REPO_ROOT / "requirements.txt"):
             print(line)
     from .config import config_from_namespace
     from .device import decide, resolve_device
@@ -32,15 +36,15 @@ def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bo
     cfg = config_from_namespace(namespace)
     outputs = {"run_dir": cfg.run_path, "figures_dir": cfg.figures_path,
                "submission_path": cfg.submission_file.parent}
-    if platform == "colab" and any(environment.is_under(p, environment.COLAB_DRIVE) for p in outputs.values()):
-        environment.mount_drive()
+    if platform == "colab" and any(platforms.is_under(p, platforms.COLAB_DRIVE) for p in outputs.values()):
+        platforms.mount_drive()
     for setting, folder in outputs.items():
-        environment.ensure_writable(folder, setting)
+        platforms.ensure_writable(folder, setting)
     device = resolve_device(cfg.device)
     if verbose:
-        print(environment.describe(platform))
+        print(platforms.describe(found))
         print(f"profile {cfg.profile!r} on {device} ({decide(device, cfg.amp, cfg.channels_last, cfg.compile).reason})")
-        for note in [*cfg.notes(), environment.persistence_note(cfg.run_path, platform)]:
+        for note in [*cfg.notes(), platforms.persistence_note(cfg.run_path, platform)]:
             if note:
                 print(note)
     return cfg, device

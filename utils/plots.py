@@ -1,7 +1,7 @@
 """Figures and tables for the notebooks and the README: every one a function of arrays or DataFrames.
 
 Design choices:
-- Each function takes plain arrays / DataFrames (what utils.data, utils.train and utils.evaluate
+- Each function takes plain arrays / DataFrames (what utils.dataset, utils.train and utils.evaluate
   return), draws one figure, returns the matplotlib Figure and, given `path`, also writes a PNG
   (`savefig(dpi, bbox_inches="tight")` through utils.files.atomic_write: a temporary file, then a
   rename, so a failed save leaves the previous figure whole). Plotting never computes what a metric
@@ -170,31 +170,45 @@ def class_count_chart(counts: pd.DataFrame, title: str = "Images per class",
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def training_curves(history: pd.DataFrame, path: str | Path | None = None) -> Figure:
+def training_curves(history: pd.DataFrame, path: str | Path | None = None, title: str | None = None) -> Figure:
     """Loss, accuracy and learning rate per epoch from `fit`'s history; the epoch saved as best.pt is marked
-    (the best val epoch, or the last one when there was no validation split)."""
+    (the best val epoch, or the last one when there was no validation split). Without a validation split the
+    test-batch monitor (history's monitor_loss / monitor_acc, at its epochs) is drawn as the monitor: it chose
+    nothing, best.pt is the final weights. `title`: a heading over the three panels (e.g. the member)."""
     fig = new_figure((15, 4.2), layout="constrained")
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     epoch = history["epoch"]
     has_val = bool(history["val_acc"].notna().any())
+    monitor = history.dropna(subset=["monitor_acc"]) if "monitor_acc" in history else history.iloc[:0]
     saved = history.loc[history["val_acc"].idxmax()] if has_val else history.iloc[-1]
     for ax, key, label in ((ax_loss, "loss", "cross-entropy loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epoch, history[f"train_{key}"], marker="o", ms=3, label="train (augmented)")
         if has_val:
             ax.plot(epoch, history[f"val_{key}"], marker="o", ms=3, label="validation")
+        if len(monitor):
+            ax.plot(monitor["epoch"], monitor[f"monitor_{key}"], marker="s", ms=4, color="tab:purple",
+                    label="monitor: test batch (chooses nothing)")
         ax.axvline(saved["epoch"], color="grey", ls=":", lw=1, label="best.pt")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
     ax_loss.set_title("Loss")
-    ax_acc.set_title(f"Accuracy (best val {saved['val_acc']:.4f} at epoch {int(saved['epoch'])})" if has_val
-                     else f"Accuracy (no validation split; best.pt = epoch {int(saved['epoch'])})")
+    if has_val:
+        ax_acc.set_title(f"Accuracy (best val {saved['val_acc']:.4f} at epoch {int(saved['epoch'])})")
+    elif len(monitor):
+        last = monitor.iloc[-1]
+        ax_acc.set_title(f"Accuracy (no validation split; best.pt = epoch {int(saved['epoch'])}; "
+                         f"monitor {last['monitor_acc']:.4f} at epoch {int(last['epoch'])})")
+    else:
+        ax_acc.set_title(f"Accuracy (no validation split; best.pt = epoch {int(saved['epoch'])})")
     ax_lr.plot(epoch, history["lr"], marker="o", ms=3, color="tab:green")
     ax_lr.set_title("Learning rate (OneCycleLR, at epoch end)")
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=13)
     return finish(fig, path)
 
 
@@ -262,6 +276,52 @@ def mistakes_grid(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, cla
     titles = [f"true: {classes[t]}\npred: {classes[p]} {probs[i, p]:.0%}" for i, t, p in zip(idx, y_true[idx], pred)]
     return image_grid(images[idx], titles, ncols=ncols, cell=1.5, path=path,
                       title=f"The {len(idx)} most confident mistakes on the {split} split")
+
+
+def members_figure(y_true: np.ndarray, predictions: dict[str, np.ndarray], classes: Sequence[str],
+                   table: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Each member and the ensemble in one figure. Top: clean test accuracy and mean corruption accuracy (from
+    `table`, utils.ensemble.comparison_table) as bars, and each model's per-class recall; bottom: each model's
+    row-normalized confusion matrix (utils.evaluate.confusion). `predictions`: model label -> predicted classes."""
+    import seaborn as sns
+    labels = list(predictions)
+    n = len(labels)
+    fig = new_figure((max(12.0, 3.6 * n), 9.0), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.05])
+    ax_bar, ax_cls = top.subplots(1, 2, width_ratios=[1, 1.6])
+    x = np.arange(n)
+    for offset, column, colour in ((-0.2, "test acc", "tab:blue"), (0.2, "mean corruption acc", "tab:orange")):
+        values = [float(table.loc[label, column]) for label in labels]
+        bars = ax_bar.bar(x + offset, values, width=0.4, color=colour, label=column)
+        ax_bar.bar_label(bars, fmt="{:.3f}", fontsize=7, padding=1)
+    ax_bar.set_xticks(x, labels, rotation=20)
+    ax_bar.set_ylim(0, 1.05)
+    ax_bar.set_ylabel("accuracy")
+    ax_bar.set_title("Clean test and mean corruption accuracy")
+    ax_bar.legend(loc="upper right", ncols=2, fontsize=8)
+    rates = {label: confusion(y_true, pred, len(classes), normalize="true") for label, pred in predictions.items()}
+    for label in labels:
+        ensemble = label == labels[-1] and n > 1
+        ax_cls.plot(range(len(classes)), np.diag(rates[label]), marker="o", ms=4, lw=2.2 if ensemble else 1.2,
+                    color="black" if ensemble else None, label=label)
+    ax_cls.set_xticks(range(len(classes)), classes, rotation=30)
+    ax_cls.set_ylim(0, 1.02)
+    ax_cls.set_ylabel("recall (test batch)")
+    ax_cls.set_title("Per-class recall")
+    ax_cls.grid(alpha=0.3)
+    ax_cls.legend(fontsize=8)
+    axes = np.atleast_1d(bottom.subplots(1, n))
+    for ax, label in zip(axes, labels):
+        sns.heatmap(rates[label], vmin=0, vmax=1, cmap="Blues", square=True, cbar=False, annot=n <= 2, fmt=".2f",
+                    annot_kws={"fontsize": 6}, xticklabels=classes, yticklabels=classes if ax is axes[0] else False,
+                    ax=ax)
+        ax.set_title(f"{label}: confusion (rows: true class)", fontsize=10)
+        ax.set_xlabel("predicted class")
+        ax.tick_params(axis="x", rotation=90, labelsize=7)
+        ax.tick_params(axis="y", rotation=0, labelsize=7)
+    fig.suptitle(f"{n - 1 if n > 1 else 1} member(s) and their ensemble (mean of the members' probabilities)",
+                 fontsize=13)
+    return finish(fig, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Design choices: the CSV is written to a temporary file beside the target, validated against the
 pickle it answers, and only then renamed over `submission.csv`; a failure at any point leaves the
 previous submission untouched and no partial file behind. The validator is public so a CSV made
-elsewhere can be checked before the upload too.
+elsewhere can be checked before the upload too. The labels submitted are the ensemble's
+(`predict_unlabeled_ensemble`: the mean of every finished member's probabilities, utils.ensemble); with one
+member that is the member itself.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import environment
-from .config import KAGGLE_COMPETITION, NUM_CLASSES
-from .data import load_unlabeled
+from . import platforms
+from .config import KAGGLE_COMPETITION, NUM_CLASSES, Config
+from .dataset import load_unlabeled
+from .ensemble import Member, ensemble_probabilities, predict_members
 from .evaluate import predict_with_checkpoint
 from .files import atomic_write
 
@@ -87,9 +90,9 @@ def write_submission(ids: np.ndarray, labels: np.ndarray, path: str | Path,
 def copy_for_kaggle(path: str | Path) -> Path | None:
     """On Kaggle, also put the submission at /kaggle/working/submission.csv (where Kaggle users and its
     "Submit" button look); returns that path, or None elsewhere or when `path` already is it."""
-    target = environment.kaggle_submission()
+    target = platforms.kaggle_submission()
     path = Path(path)
-    if environment.detect() != "kaggle" or path.resolve() == target.resolve():
+    if platforms.detect() != "kaggle" or path.resolve() == target.resolve():
         return None
     return atomic_write(target, lambda f: f.write(path.read_bytes()), what="submission copy")
 
@@ -99,8 +102,17 @@ def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
 
 
 def predict_unlabeled(model, checkpoint: dict, nolabel_path: str | Path, device, batch_size: int = 500,
-                      tta: str | bool = "none", precision=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      tta: str | bool = "none", plan=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, predicted labels, probabilities) for the unlabeled pickle, with the checkpoint's normalisation."""
     images, ids = load_unlabeled(nolabel_path)
-    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size, tta, precision)
+    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size, tta, plan)
+    return ids, probs.argmax(1), probs
+
+
+def predict_unlabeled_ensemble(members: list[Member], nolabel_path: str | Path, cfg: Config,
+                               plan=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, predicted labels, probabilities) for the unlabeled pickle from the ensemble of `members`: the mean of
+    their probabilities, each with the profile's TTA and its own checkpoint's normalisation."""
+    images, ids = load_unlabeled(nolabel_path)
+    probs = ensemble_probabilities(predict_members(members, images, cfg, plan))
     return ids, probs.argmax(1), probs

@@ -8,7 +8,7 @@ Design choices:
   kept as is so that the recipe stays PyTorch's OneCycleLR. Extras (label smoothing, EMA, cutout,
   TrivialAugment, MixUp/CutMix, nesterov, TTA) are Config fields, all off in `paper`.
 - `fit` reads as its phases: build the run, restore it, then per epoch train, validate, record, save.
-  `train_step` (one batch) is shared with `benchmarks/bench_train.py`, so what is timed is what trains.
+  `update_weights` (one batch) is shared with `benchmarks/bench_train.py`, so what is timed is what trains.
 - Loss and accuracy are accumulated sample-weighted over the whole epoch (the original notebook
   overwrote its loss accumulator every batch). With MixUp/CutMix the loss is on the soft targets and
   `train_acc` counts a prediction right when it names the dominant label of the mixed pair.
@@ -22,12 +22,28 @@ Design choices:
   draws from the same pair, so an interrupted run resumed from `last.pt` ends with exactly the weights
   of an uninterrupted one (on the same device with deterministic kernels; tested on CPU).
 - Precision, channels_last and compilation are decided per device by `utils.device.decide`; they may
-  change between a run and its resumption (another machine), like the other RUNTIME_FIELDS.
+  change between a run and its resumption (another machine), like the other run-time fields
+  (utils.config.RUNTIME_FIELDS).
 - A non-finite loss stops at once with the epoch and step; nothing of that epoch is saved.
+- `fit` trains ONE model: member `cfg.member` (None: member 0) of the recipe, in its own folder
+  (`Config.member_path`), with its own training seed (`Config.training_seed`: initialisation, batch order,
+  augmentation, dropout, MixUp) on the data of `seed` (subset, split, normalisation: the same for every
+  member). Member 0 is exactly the one-model run. Launching several members is `utils.members`.
+- Both checkpoints record how far the run got (`progress`: epochs done and planned, finished, stopped early,
+  member, training seed); best.pt's record is rewritten every epoch, its weights only on a new best, so
+  inference can refuse an unfinished model (utils.ensemble).
+- Without a validation split (val_fraction 0) the labeled test batch is evaluated every `monitor_every`
+  epochs and at the schedule's last (`monitor_loss` / `monitor_acc` in the history): a monitor only. It
+  chooses nothing (best.pt is the final weights), draws no random numbers and needs no sync inside the
+  step loop, so a resumed run stays bit-exact.
+- The wall time is measured, on every device, over steps TIMING_STEPS of the first epoch of a call (the
+  device synchronised at both ends) and projected for this member, this call and all members; on Kaggle it
+  says whether that fits the 12-hour session or which `max_epochs_this_call` splits it.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,20 +54,36 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_state_checked, save_checkpoint
-from .config import NUM_CLASSES, Config
-from .data import DeviceLoader, Splits, prepare_splits
-from .device import Precision, decide, progress_bars, resolve_device, rng_state, seed_everything, set_rng_state
+from . import platforms
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_state_checked,
+    progress_record,
+    save_checkpoint,
+)
+from .config import NUM_CLASSES, Config, recipe_differences
+from .dataset import Splits, prepare_splits
+from .device import (
+    ExecutionPlan,
+    decide,
+    progress_bars,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    synchronize,
+)
 from .evaluate import evaluate_loader
 from .files import remove_stale_temporaries, write_text
+from .loader import DeviceLoader
 from .model import build_model
 
-# Fields that may change between a run and its resumption; every other field defines the run.
-RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path", "test_limit", "device",
-                  "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "profile",
-                  "corruption_images"}
 SYNC_EVERY = 25                # steps between host syncs (loss check, progress bar)
-CPU_GUARD_STEPS = (2, 7)       # the CPU time estimate is measured over these steps of the first epoch
+TIMING_STEPS = (2, 7)          # the wall time is measured over these steps of a call's first epoch
+KAGGLE_SESSION_HOURS = 12.0    # a Kaggle notebook session (interactive or Save Version) ends after 12 h
+KAGGLE_SPARE_HOURS = 1.0       # of which kept for setup, notebooks 04 / 05 and saving the version
 
 
 class NonFiniteLossError(RuntimeError):
@@ -128,12 +160,12 @@ def make_mixer(cfg: Config) -> Callable | None:
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
-               criterion: nn.Module, precision: Precision,
+def update_weights(model: nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+               criterion: nn.Module, plan: ExecutionPlan,
                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on one batch: forward under the precision's autocast, loss in fp32, backward, step.
+    """One optimizer step on one batch: forward under the plan's autocast, loss in fp32, backward, step.
     Returns the detached loss and logits (still on the device: nothing here waits for it)."""
-    with precision.autocast():
+    with plan.autocast():
         logits = model(x)
         loss = criterion(logits.float(), target)
     optimizer.zero_grad(set_to_none=True)
@@ -155,7 +187,7 @@ class Run:
     """Everything `fit` builds for one configuration."""
     cfg: Config
     splits: Splits
-    precision: Precision
+    plan: ExecutionPlan
     model: nn.Module
     step_model: nn.Module            # the compiled model where compilation is on, else `model`
     optimizer: torch.optim.Optimizer
@@ -166,14 +198,17 @@ class Run:
     mixer: Callable | None
     train_loader: DeviceLoader
     val_loader: DeviceLoader | None
+    monitor_loader: DeviceLoader | None      # the labeled test batch, without a validation split only
+    member: int = 0
+    training_seed: int = 0
 
     @property
     def device(self) -> torch.device:
-        return self.precision.device
+        return self.plan.device
 
     @property
     def run_dir(self) -> Path:
-        return self.cfg.run_path
+        return self.cfg.member_path(self.member)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -202,6 +237,8 @@ class TrainResult:
     stopped_early: bool
     finished: bool
     model: nn.Module = field(repr=False)
+    member: int = 0
+    training_seed: int = 0
 
     @property
     def best_path(self) -> Path:
@@ -212,28 +249,41 @@ class TrainResult:
         return self.run_dir / "last.pt"
 
 
-def build_run(cfg: Config, splits: Splits, precision: Precision) -> Run:
-    device = precision.device
-    model = build_model(cfg).to(device, memory_format=precision.memory_format())
-    loader_kw = {"device": device, "channels_last": precision.channels_last}
+def build_run(cfg: Config, splits: Splits, plan: ExecutionPlan) -> Run:
+    """Member `cfg.member` (None: 0) of the recipe: its model (initialised from the global RNG as the caller seeded
+    it), loaders (the training loader draws from the member's training seed), optimizer and schedule."""
+    device = plan.device
+    member = cfg.member or 0
+    seed = cfg.training_seed(member)
+    model = build_model(cfg).to(device, memory_format=plan.memory_format())
+    loader_kw = {"device": device, "channels_last": plan.channels_last}
     train_loader = DeviceLoader(splits.train_images, splits.train_labels, splits.mean, splits.std, cfg.batch_size,
-                                train=True, cutout_size=cfg.cutout, seed=cfg.seed, auto_augment=cfg.auto_augment,
+                                train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment,
                                 **loader_kw)
     val_loader = (DeviceLoader(splits.val_images, splits.val_labels, splits.mean, splits.std, cfg.eval_batch_size,
                                train=False, **loader_kw) if cfg.has_validation else None)
+    monitor_loader = (None if cfg.has_validation else
+                      DeviceLoader(splits.test_images, splits.test_labels, splits.mean, splits.std,
+                                   cfg.eval_batch_size, train=False, **loader_kw))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay, **precision.optimizer_kwargs())
+                                weight_decay=cfg.weight_decay, **plan.optimizer_kwargs())
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
                                                     steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
-    return Run(cfg, splits, precision, model, torch.compile(model) if precision.compile else model, optimizer,
-               scheduler, precision.make_scaler(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
-               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), make_mixer(cfg), train_loader, val_loader)
+    return Run(cfg, splits, plan, model, torch.compile(model) if plan.compile else model, optimizer,
+               scheduler, plan.make_scaler(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), make_mixer(cfg), train_loader, val_loader,
+               monitor_loader, member, seed)
 
 
-def recipe_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
-    now = cfg.to_dict()
-    return [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
-            if k not in RUNTIME_FIELDS and k in saved and saved[k] != now[k]]
+def check_resumable(ckpt: dict[str, Any], cfg: Config, member: int, path: Path) -> None:
+    """Refuse a last.pt written by another recipe (utils.config.recipe_differences) or by another member."""
+    diffs = recipe_differences(ckpt["config"], cfg)
+    saved_member = (ckpt.get("progress") or {}).get("member", 0)
+    if saved_member != member:
+        diffs.append(f"member: checkpoint {saved_member} vs now {member} (a member's folder holds its own run)")
+    if diffs:
+        raise CheckpointError(f"{path} belongs to a different run:\n  " + "\n  ".join(diffs) +
+                              "\nUse another run_dir for this configuration, or resume=False to start over.")
 
 
 def restore(run: Run, log: Callable[[str], None]) -> State:
@@ -242,10 +292,7 @@ def restore(run: Run, log: Callable[[str], None]) -> State:
     if not (run.cfg.resume and last_path.exists()):
         return State()
     ckpt = load_checkpoint(last_path)
-    diffs = recipe_differences(ckpt["config"], run.cfg)
-    if diffs:
-        raise CheckpointError(f"{last_path} belongs to a different run:\n  " + "\n  ".join(diffs) +
-                              "\nUse another run_dir for this configuration, or resume=False to start over.")
+    check_resumable(ckpt, run.cfg, run.member, last_path)
     load_state_checked(run.model, ckpt["model"], str(last_path))
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -276,11 +323,56 @@ def cpu_time_estimate(run: Run, seconds_per_step: float, epochs_left: int) -> st
             "or try the pipeline with profile 'smoke'. Continuing.")
 
 
-def optimizer_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of a run on one batch: MixUp/CutMix where on, `train_step`, the schedule, the EMA.
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min" if seconds >= 90 \
+        else f"{seconds:.0f} s"
+
+
+def platform_name() -> str:
+    """Where this runs (utils.platforms.detect); a function of its own so tests can say 'kaggle'."""
+    return platforms.detect()
+
+
+def wall_time_estimate(cfg: Config, device: torch.device, steps_per_epoch: int, seconds_per_step: float,
+                       epochs_done: int, end_epoch: int, members_at_once: int = 1, members_in_call: int = 1,
+                       measured: str = "its first steps", platform: str | None = None) -> list[str]:
+    """The measured wall time projected: this member's epochs left, this call, the whole schedule of all members
+    (`members_at_once` training side by side, each at this speed); on Kaggle, whether this call fits the 12-hour
+    session or which `max_epochs_this_call` splits it. Training steps only: validation and saving add a little."""
+    per_epoch = seconds_per_step * steps_per_epoch
+    left, now = cfg.epochs - epochs_done, end_epoch - epochs_done
+    rounds_all = math.ceil(cfg.members / max(1, members_at_once))
+    rounds_call = math.ceil(max(1, members_in_call) / max(1, members_at_once))
+    lines = [f"Wall time on {device}, measured over {measured}: {seconds_per_step:.3f} s per step, "
+             f"{_duration(per_epoch)} per epoch of {steps_per_epoch} steps; this member's {left} epoch(s) left: "
+             f"{_duration(per_epoch * left)}" +
+             (f"; all {cfg.members} members x {cfg.epochs} epochs, {min(members_at_once, cfg.members)} at a time: "
+              f"{_duration(per_epoch * cfg.epochs * rounds_all)}" if cfg.members > 1 else "") +
+             (f"; this call ({now} epoch(s) per member, max_epochs_this_call {cfg.epoch_limit or now}): "
+              f"{_duration(per_epoch * now * rounds_call)}" if now < left else "") +
+             " (training steps; validation and saving add a little)."]
+    if (platform or platform_name()) == "kaggle":
+        session = per_epoch * now * rounds_call
+        usable = (KAGGLE_SESSION_HOURS - KAGGLE_SPARE_HOURS) * 3600
+        if session <= usable:
+            lines.append(f"Kaggle: this call fits the {KAGGLE_SESSION_HOURS:.0f}-hour session (about "
+                         f"{session / 3600:.1f} h of it).")
+        else:
+            per_session = max(1, int(usable // (per_epoch * rounds_call)))
+            lines.append(
+                f"Kaggle: this call does NOT fit the {KAGGLE_SESSION_HOURS:.0f}-hour session (about "
+                f"{session / 3600:.1f} h): set max_epochs_this_call = {per_session} (about "
+                f"{per_epoch * per_session * rounds_call / 3600:.1f} h per session), Save Version, and run notebook 03 "
+                f"again in the next session with the run folder back in {cfg.run_path} (it resumes from last.pt); "
+                "or train the members in separate notebooks with `member`.")
+    return lines
+
+
+def train_batch(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of a run on one batch: MixUp/CutMix where on, `update_weights`, the schedule, the EMA.
     Returns the loss, the logits and the (possibly soft) targets, all still on the device."""
     x, target = run.mixer(x, y) if run.mixer is not None else (x, y)
-    loss, logits = train_step(run.step_model, x, target, run.optimizer, run.criterion, run.precision, run.scaler)
+    loss, logits = update_weights(run.step_model, x, target, run.optimizer, run.criterion, run.plan, run.scaler)
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.model)
@@ -288,10 +380,12 @@ def optimizer_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool, on_step: Callable[[int, int, float], None] | None,
-                    on_cpu_estimate: Callable[[float], None] | None = None) -> dict[str, float]:
-    """One pass over the training batches; returns the epoch's sample-weighted train loss and accuracy."""
+                    on_time_estimate: Callable[[float], None] | None = None) -> dict[str, float]:
+    """One pass over the training batches; returns the epoch's sample-weighted train loss and accuracy.
+    `on_time_estimate(seconds_per_step)` is called once, measured over TIMING_STEPS (the device synchronised at
+    both ends, so a GPU's queue is counted), when the epoch has that many steps."""
     cfg, device = run.cfg, run.device
-    seed_everything(cfg.seed * 1_000_003 + epoch, cfg.deterministic)
+    seed_everything(run.training_seed * 1_000_003 + epoch, cfg.deterministic)
     run.train_loader.set_epoch(epoch)
     run.model.train()
     loss_sum = torch.zeros((), device=device)
@@ -301,17 +395,18 @@ def train_one_epoch(run: Run, epoch: int, progress: bool, on_step: Callable[[int
     steps = _bar(run.train_loader, progress, desc=f"epoch {epoch + 1}", leave=False)
     clock = time.perf_counter()
     for step, (x, y) in enumerate(steps):
-        loss, logits, target = optimizer_step(run, x, y)
+        loss, logits, target = train_batch(run, x, y)
         dominant = target.argmax(1) if target.ndim == 2 else target
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == dominant).sum()
         seen += len(y)
         watch.observe(step, loss)
-        if on_cpu_estimate is not None and step in CPU_GUARD_STEPS:
-            if step == CPU_GUARD_STEPS[0]:
+        if on_time_estimate is not None and step in TIMING_STEPS:
+            synchronize(device)
+            if step == TIMING_STEPS[0]:
                 clock = time.perf_counter()
             else:
-                on_cpu_estimate((time.perf_counter() - clock) / (CPU_GUARD_STEPS[1] - CPU_GUARD_STEPS[0]))
+                on_time_estimate((time.perf_counter() - clock) / (TIMING_STEPS[1] - TIMING_STEPS[0]))
         if step % SYNC_EVERY == 0 or step == last or on_step is not None:
             bad = watch.first_bad_step()
             if bad is not None:
@@ -329,7 +424,22 @@ def validate(run: Run) -> dict[str, float] | None:
     """Clean validation loss and accuracy of the weights best.pt would hold; None without a validation split."""
     if run.val_loader is None:
         return None
-    return evaluate_loader(run.eval_model, run.val_loader, precision=run.precision)
+    return evaluate_loader(run.eval_model, run.val_loader, plan=run.plan)
+
+
+def monitored(cfg: Config, epoch: int) -> bool:
+    """Whether epoch `epoch` (0-based) is one the monitor evaluates: every `monitor_every`-th and the schedule's
+    last (a fixed set, however the run is split over calls)."""
+    return not cfg.has_validation and ((epoch + 1) % cfg.monitor_every == 0 or epoch + 1 == cfg.epochs)
+
+
+def monitor(run: Run, epoch: int) -> dict[str, float] | None:
+    """Without a validation split: the weights best.pt holds on the labeled test batch, clean, at the epochs of
+    `monitored`; None otherwise. A monitor only: nothing reads it to choose weights, and it draws no random
+    numbers (evaluation mode, fixed order), so training and its resumption are unchanged."""
+    if run.monitor_loader is None or not monitored(run.cfg, epoch):
+        return None
+    return evaluate_loader(run.eval_model, run.monitor_loader, plan=run.plan)
 
 
 def record(state: State, cfg: Config, row: dict[str, Any], val: dict[str, float] | None) -> bool:
@@ -346,12 +456,19 @@ def record(state: State, cfg: Config, row: dict[str, Any], val: dict[str, float]
 
 
 def save(run: Run, state: State, improved: bool) -> None:
-    """best.pt (when improved), last.pt and history.csv, each written whole or not at all."""
+    """best.pt (its weights when improved, its progress record every epoch), last.pt and history.csv, each
+    written whole or not at all, best.pt first (a kill in between redoes the epoch on resume)."""
+    progress = progress_record(state.epoch, run.cfg.epochs, state.stopped_early, run.member, run.training_seed)
     meta = {"format": CHECKPOINT_FORMAT, "config": run.cfg.to_dict(), "epoch": state.epoch,
-            "normalization": {"mean": run.splits.mean, "std": run.splits.std}, "classes": run.splits.classes}
+            "normalization": {"mean": run.splits.mean, "std": run.splits.std}, "classes": run.splits.classes,
+            "progress": progress}
+    best_path = run.run_dir / "best.pt"
     if improved:
-        save_checkpoint({**meta, "model": run.eval_model.state_dict(), "val_acc": state.best_val_acc},
-                        run.run_dir / "best.pt")
+        save_checkpoint({**meta, "model": run.eval_model.state_dict(), "val_acc": state.best_val_acc}, best_path)
+    elif best_path.is_file():        # the weights stay; how far the run got is what changed
+        best = load_checkpoint(best_path)
+        best["progress"] = progress
+        save_checkpoint(best, best_path)
     save_checkpoint({**meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                      "scheduler": run.scheduler.state_dict(),
                      "ema": run.ema.state_dict() if run.ema is not None else None,
@@ -378,6 +495,8 @@ def planned_learning_rates(cfg: Config, steps_per_epoch: int) -> list[float]:
 def epoch_line(row: dict[str, Any]) -> str:
     val = ("no validation split" if pd.isna(row["val_acc"])
            else f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+    if not pd.isna(row.get("monitor_acc", float("nan"))):
+        val += f", monitor (test) loss {row['monitor_loss']:.4f} acc {row['monitor_acc']:.4f}"
     return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  {val}  "
             f"lr {row['lr']:.5f}  {row['seconds']:.1f}s")
 
@@ -387,49 +506,69 @@ def epoch_line(row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
         max_epochs_this_call: int | None = None, log: Callable[[str], None] = print,
-        on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
-    """Train `cfg` (resuming from run_dir/last.pt when cfg.resume and it exists) and return the history.
+        on_step: Callable[[int, int, float], None] | None = None, members_at_once: int = 1,
+        members_in_call: int = 1) -> TrainResult:
+    """Train member `cfg.member` (None: 0) of `cfg` in its folder (`cfg.member_path()`), resuming from its last.pt
+    when cfg.resume and it exists, and return the history.
 
-    Per epoch: train on the augmented batches, validate on the clean split, record (best, early stopping),
-    save (best.pt, last.pt, history.csv), print one line. `max_epochs_this_call` trains at most that many
-    epochs now (e.g. to fit a Kaggle time limit); calling again resumes. `on_step(epoch, step, loss)` is a
-    hook for tests and custom logging. Progress bars show in a live notebook or terminal, not in a batch run
-    (`run.py` sets CIFAR10_PROGRESS=lines), where the epoch lines tell the story."""
-    # Build: device and precision, data, model, optimizer, schedule; then restore last.pt if asked
-    precision = decide(resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.compile)
-    seed_everything(cfg.seed, cfg.deterministic)
-    splits = splits or prepare_splits(cfg)
-    remove_stale_temporaries(cfg.run_path)   # left by a process killed mid-save; the real files are whole
-    run = build_run(cfg, splits, precision)
+    Per epoch: train on the augmented batches, validate on the clean split (without one: the test-batch monitor,
+    at its epochs), record (best, early stopping), save (best.pt, last.pt, history.csv), print one line.
+    `max_epochs_this_call` (default: the Config field; 0 or None: no limit) trains at most that many epochs now
+    (e.g. to fit a Kaggle time limit); calling again resumes. After the first steps the wall time is printed,
+    projected for all `cfg.members` members (`members_at_once` side by side, `members_in_call` trained by this
+    call: what utils.members passes). `on_step(epoch, step, loss)` is a hook for tests and custom logging.
+    Progress bars show in a live notebook or terminal, not in a batch run (`run.py` sets CIFAR10_PROGRESS=lines),
+    where the epoch lines tell the story."""
+    # Build: device and plan, data, model, optimizer, schedule; then restore last.pt if asked
+    plan = decide(resolve_device(cfg.device), cfg.amp, cfg.channels_last, cfg.compile)
+    member = cfg.member or 0
+    seed_everything(cfg.training_seed(member), cfg.deterministic)   # the member's initialisation
+    splits = splits or prepare_splits(cfg)                           # the data: `seed`, the same for every member
+    remove_stale_temporaries(cfg.member_path(member))   # left by a process killed mid-save; the real files are whole
+    run = build_run(cfg, splits, plan)
     state = restore(run, log)
     bars = progress_bars(progress)
 
-    end_epoch = cfg.epochs if max_epochs_this_call is None else min(cfg.epochs, state.epoch + max_epochs_this_call)
+    limit = max_epochs_this_call if max_epochs_this_call is not None else cfg.epoch_limit
+    end_epoch = cfg.epochs if not limit else min(cfg.epochs, state.epoch + limit)
+    first_epoch = state.epoch
     if state.epoch < end_epoch and not state.stopped_early:
         n_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-        log(f"Training ({precision.reason}): {len(splits.train_labels):,} train / "
+        who = f"member {member}, training seed {run.training_seed} " if cfg.members > 1 or member else ""
+        log(f"Training {who}({plan.reason}): {len(splits.train_labels):,} train / "
             f"{len(splits.val_labels):,} val images, {n_params:,} parameters, epochs {state.epoch + 1}-{cfg.epochs}, "
             f"{len(run.train_loader)} steps/epoch.")
-        for note in cfg.notes():
+        for note in cfg.notes(members=False):
             log(note)
-    guard = None
-    if precision.device.type == "cpu" and cfg.subset_per_class == 0:   # full data on a CPU: say how long
-        def guard(seconds_per_step: float) -> None:
-            log(cpu_time_estimate(run, seconds_per_step, end_epoch - state.epoch))
+
+    def estimate(seconds_per_step: float, measured: str = f"steps {TIMING_STEPS[0] + 2}-{TIMING_STEPS[1] + 1}") -> None:
+        for line in wall_time_estimate(cfg, plan.device, len(run.train_loader), seconds_per_step, first_epoch,
+                                       end_epoch, members_at_once, members_in_call, measured):
+            log(line)
+        if plan.device.type == "cpu" and cfg.subset_per_class == 0:   # full data on a CPU: say what to do
+            log(cpu_time_estimate(run, seconds_per_step, end_epoch - first_epoch))
+        timer["done"] = True
+
+    timer = {"done": False}
     epochs = _bar(range(state.epoch, end_epoch), bars, desc="epochs", unit="epoch", initial=state.epoch,
                   total=cfg.epochs)
     for epoch in epochs:
         if state.stopped_early:
             break
         started = time.perf_counter()
-        # Train one epoch, then validate the weights best.pt would hold
-        train = train_one_epoch(run, epoch, bars, on_step, guard)
-        guard = None
+        # Train one epoch, then validate the weights best.pt would hold (or, without a split, monitor them)
+        train = train_one_epoch(run, epoch, bars, on_step, None if timer["done"] else estimate)
+        if not timer["done"]:         # an epoch shorter than TIMING_STEPS: measured over the whole epoch
+            estimate((time.perf_counter() - started) / len(run.train_loader), "its first epoch")
         val = validate(run)
         # Record the epoch (best, early stopping) and save best.pt / last.pt / history.csv
         row = {"epoch": epoch + 1, **train, "val_loss": val["loss"] if val else float("nan"),
-               "val_acc": val["acc"] if val else float("nan"), "lr": run.scheduler.get_last_lr()[0],
-               "seconds": time.perf_counter() - started}
+               "val_acc": val["acc"] if val else float("nan")}
+        if run.monitor_loader is not None:
+            seen = monitor(run, epoch)
+            row.update(monitor_loss=seen["loss"] if seen else float("nan"),
+                       monitor_acc=seen["acc"] if seen else float("nan"))
+        row.update(lr=run.scheduler.get_last_lr()[0], seconds=time.perf_counter() - started)
         improved = record(state, cfg, row, val)
         save(run, state, improved)
         epochs.set_postfix(train_acc=f"{train['train_acc']:.3f}", val_acc=f"{row['val_acc']:.3f}")
@@ -438,4 +577,4 @@ def fit(cfg: Config, splits: Splits | None = None, progress: bool = True,
             log(f"Early stop after epoch {epoch + 1}: no val improvement for {cfg.patience} epochs.")
     epochs.close()
     return TrainResult(pd.DataFrame(state.history), run.run_dir, state.best_val_acc, state.stopped_early,
-                       state.stopped_early or state.epoch >= cfg.epochs, run.eval_model)
+                       state.stopped_early or state.epoch >= cfg.epochs, run.eval_model, member, run.training_seed)

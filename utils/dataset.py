@@ -1,4 +1,4 @@
-"""CIFAR-10 in the Kaggle competition's layout: find it, load it safely, split it, and feed it fast.
+"""CIFAR-10 in the Kaggle competition's layout: find it, load it safely, check it and split it.
 
 Design choices:
 - Pickles come from outside, so every pickle goes through `SafeUnpickler`, which builds only
@@ -7,34 +7,21 @@ Design choices:
   The online download fetches the official tarball (md5-checked by torchvision's download
   utilities) and reads it through the same unpickler: no plain `pickle.load` anywhere.
 - Every check on a file names the file, what was expected and how to fix it (`DataError`).
-  Where to look is a platform decision (`utils.environment`: $CIFAR10_DIR, ./data, any dataset
+  Where to look is `utils.locate`'s decision ($CIFAR10_DIR, ./data, any dataset
   folder under Kaggle's input); the error lists every place it looked.
-- The whole uint8 dataset (150 MB for 50k images) lives on the training device and augmentation
-  (zero-padded random crop + horizontal flip, optional TrivialAugment and cutout) runs on whole
-  batches there: no PIL, no worker processes, no host-to-device copy per step.
-- Randomness comes from a CPU generator seeded by (seed, epoch), so an epoch is reproducible on any
-  device and a resumed run sees the same batches. A whole epoch's draws (order, crop offsets, flips,
-  cutout centres, augmentation ops) are made up front, in the same order the per-batch loader of the
-  first release drew them (so batches are bit-identical to it), and moved to the device in ONE copy:
-  a per-batch `.to(device)` from pageable memory would synchronise the GPU stream several times a step.
-- Validation and test batches are never augmented (the original notebook augmented its val split).
-  `val_fraction 0` gives an empty validation split: the final model is trained on every image.
+- `val_fraction 0` gives an empty validation split: the final model is trained on every image.
 """
 from __future__ import annotations
 
 import importlib
 import io
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from . import environment
-from .augment import draw_trivial_augment, trivial_augment
+from . import locate, platforms
 from .config import NUM_CLASSES, Config
 
 DATA_ENV = "CIFAR10_DIR"
@@ -44,7 +31,6 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 NOLABEL_FILE = "cifar_test_nolabel.pkl"
 IMAGE_SHAPE = (32, 32, 3)
-CROP_PAD = 4                       # RandomCrop(32, padding=4), the paper's
 # The official CIFAR-10 python release, as torchvision's CIFAR10 dataset names it.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -54,7 +40,7 @@ HOW_TO_GET_DATA = (
     "Get the data in one of three ways:\n"
     "  1. Kaggle: add the competition data to the notebook (Add Input > Competitions); it appears under\n"
     "     /kaggle/input/<its folder>/ and is found whatever the folder is called.\n"
-    "  2. Online (Colab, laptop): utils.data.load_cifar10() downloads the official CIFAR-10 python release\n"
+    "  2. Online (Colab, laptop): utils.dataset.load_cifar10() downloads the official CIFAR-10 python release\n"
     "     into data/cifar-10-python/ (add cifar_test_nolabel.pkl from Kaggle for a submission).\n"
     "  3. Offline: lay the files out yourself, e.g. `python ../shared/data/make_cifar10.py data/`, or point\n"
     f"     ${DATA_ENV} at a folder holding {BATCHES_SUBDIR}/ and {NOLABEL_FILE}."
@@ -165,18 +151,18 @@ def download_cifar10(target: Path) -> Path:
 
 def find_data_dir(data_dir: str | Path | None = None, download: bool = False) -> Path:
     """The first folder holding `cifar-10-python/cifar-10-batches-py/`; downloads it there if asked and online."""
-    candidates = environment.data_dirs(data_dir)
+    candidates = locate.data_dirs(data_dir)
     for folder in candidates:
         if (folder / BATCHES_SUBDIR).is_dir():
             return folder
     problem = ""
     if download:
-        target = candidates[0] if data_dir else environment.REPO_ROOT / "data"
+        target = candidates[0] if data_dir else platforms.REPO_ROOT / "data"
         try:
             return download_cifar10(target)
         except Exception as exc:   # no network, a proxy page, a bad checksum: say so, with the other ways
             problem = f"The download into {target} failed ({type(exc).__name__}: {exc}).\n"
-    looked = "\n".join(f"  - {p / BATCHES_SUBDIR}" for p in candidates)
+    looked = "\n".join([f"  - {p / BATCHES_SUBDIR}" for p in candidates] + locate.searched("data", data_dir))
     raise DataNotFoundError(f"CIFAR-10 not found. Looked for the batches in:\n{looked}\n{problem}{HOW_TO_GET_DATA}")
 
 
@@ -185,13 +171,13 @@ def find_nolabel(nolabel_path: str | Path | None = None, data_dir: str | Path | 
     """`cifar_test_nolabel.pkl`: `nolabel_path` if given, else beside the data ($CIFAR10_DIR, data_dir, ./data,
     Kaggle's input). The error lists every place it looked and how to get the file; `required=False` returns
     None instead (notebook 01 runs without it)."""
-    candidates = environment.nolabel_candidates(nolabel_path, data_dir, NOLABEL_FILE)
+    candidates = locate.nolabel_candidates(nolabel_path, data_dir, NOLABEL_FILE)
     for path in candidates:
         if path.is_file():
             return path
     if not required:
         return None
-    looked = "\n".join(f"  - {p}" for p in candidates)
+    looked = "\n".join([f"  - {p}" for p in candidates] + locate.searched("nolabel", nolabel_path))
     raise DataNotFoundError(f"{NOLABEL_FILE} not found. Looked in:\n{looked}\n{HOW_TO_GET_NOLABEL}")
 
 
@@ -335,165 +321,3 @@ def prepare_splits(cfg: Config, data: CIFAR10 | None = None) -> Splits:
         test_images, test_labels = test_images[:cfg.test_limit], test_labels[:cfg.test_limit]
     return Splits(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
                   test_images, test_labels, data.classes, mean, std, data.root)
-
-
-# --------------------------------------------------------------------------------------------
-# Batched augmentation: draw on the CPU generator, apply on the device
-# --------------------------------------------------------------------------------------------
-def draw_crop(n: int, pad: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column offsets (0..2*pad) of a padded random crop, one per image."""
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    return dy, dx
-
-
-def draw_flip(n: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=generator) < 0.5
-
-
-def draw_cutout(n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres of the erased squares, one per image."""
-    cy = torch.randint(0, height, (n,), generator=generator)
-    cx = torch.randint(0, width, (n,), generator=generator)
-    return cy, cx
-
-
-def crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Zero-pad each side by `pad` and crop back at offsets (dy, dx) per image (RandomCrop(32, padding=4))."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]
-
-
-def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror (left-right) the images where `mask` is true."""
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
-
-
-def erase(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
-    """Zero (= the mean pixel, after normalisation) a size x size square centred at (cy, cx) per image."""
-    _, _, h, w = x.shape
-    ys = torch.arange(h, device=x.device)[None, :]
-    xs = torch.arange(w, device=x.device)[None, :]
-    # Rows/cols cy - size//2 ... cy - size//2 + size - 1: exactly `size` wide, clipped at the border.
-    dy, dx = ys - cy[:, None] + size // 2, xs - cx[:, None] + size // 2
-    in_y = ((dy >= 0) & (dy < size))[:, None, :, None]
-    in_x = ((dx >= 0) & (dx < size))[:, None, None, :]
-    return x.masked_fill(in_y & in_x, 0.0)
-
-
-def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw and apply a padded random crop per image (one batch at a time: for tests and benchmarks)."""
-    dy, dx = draw_crop(len(x), pad, generator)
-    return crop(x, pad, dy.to(x.device), dx.to(x.device))
-
-
-def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return flip(x, draw_flip(len(x), generator).to(x.device))
-
-
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw and apply a size x size erased square per image (DeVries & Taylor 2017)."""
-    _, _, h, w = x.shape
-    cy, cx = draw_cutout(len(x), h, w, generator)
-    return erase(x, size, cy.to(x.device), cx.to(x.device))
-
-
-# --------------------------------------------------------------------------------------------
-# The device-resident loader
-# --------------------------------------------------------------------------------------------
-class DeviceLoader:
-    """Normalized float batches from a uint8 dataset held on `device`.
-
-    train=True shuffles and augments (crop pad 4 + flip, optional TrivialAugment and cutout); train=False keeps
-    the order and never augments. Call `set_epoch(e)` before iterating so each epoch's draws are reproducible."""
-
-    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, mean, std, batch_size: int,
-                 device: str | torch.device = "cpu", train: bool = False, cutout_size: int = 0,
-                 seed: int = 0, channels_last: bool = False, auto_augment: str = "none"):
-        device = torch.device(device)
-        if isinstance(images, torch.Tensor):     # already uint8 (N, 3, H, W), e.g. corrupted test images
-            self.images = images.to(device).contiguous()
-        else:                                    # uint8 (N, H, W, 3) numpy, as the files hold them
-            self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
-        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.batch_size, self.train, self.cutout_size = batch_size, train, cutout_size
-        self.auto_augment = auto_augment
-        self.seed, self.epoch, self.device = seed, 0, device
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n, bs = len(self.images), self.batch_size
-        full, rest = divmod(n, bs)
-        # A training batch of one image would break BatchNorm: it is dropped.
-        return full + (1 if rest > (1 if self.train else 0) else 0)
-
-    def batch_bounds(self) -> list[tuple[int, int]]:
-        n, bs = len(self.images), self.batch_size
-        return [(i * bs, min((i + 1) * bs, n)) for i in range(len(self))]
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float().div_(255) - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
-
-    def draw_epoch(self) -> dict[str, torch.Tensor]:
-        """This epoch's order and per-image augmentation draws, made on the CPU generator batch by batch (the
-        first release's order of draws) and moved to the device in one copy."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        _, _, h, w = self.images.shape
-        parts: dict[str, list[torch.Tensor]] = {"order": [torch.randperm(len(self.images), generator=generator)]}
-        for lo, hi in self.batch_bounds():
-            n = hi - lo
-            batch = dict(zip(("dy", "dx"), draw_crop(n, CROP_PAD, generator)))
-            batch["flip"] = draw_flip(n, generator)
-            if self.cutout_size:
-                batch.update(zip(("cy", "cx"), draw_cutout(n, h, w, generator)))
-            if self.auto_augment == "trivialaugment":
-                batch.update(draw_trivial_augment(n, generator))
-            for key, value in batch.items():
-                parts.setdefault(key, []).append(value.long())
-        flat = {key: torch.cat(values) for key, values in parts.items()}
-        packed = torch.cat(list(flat.values()))
-        if self.device.type == "cuda":
-            packed = packed.pin_memory().to(self.device, non_blocking=True)
-        else:
-            packed = packed.to(self.device)
-        return dict(zip(flat, packed.split([len(v) for v in flat.values()])))
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        draws = self.draw_epoch() if self.train else None
-        for lo, hi in self.batch_bounds():
-            if draws is None:
-                idx: slice | torch.Tensor = slice(lo, hi)
-                x = self.images[idx]
-            else:
-                idx = draws["order"][lo:hi]
-                x = crop(self.images[idx], CROP_PAD, draws["dy"][lo:hi], draws["dx"][lo:hi])
-                x = flip(x, draws["flip"][lo:hi] != 0)
-                if self.auto_augment == "trivialaugment":
-                    x = trivial_augment(x, draws["op"][lo:hi], draws["magnitude"][lo:hi], draws["sign"][lo:hi] != 0)
-            x = self.normalize(x)
-            if draws is not None and self.cutout_size:
-                x = erase(x, self.cutout_size, draws["cy"][lo:hi], draws["cx"][lo:hi])
-            yield x, (None if self.labels is None else self.labels[idx])
-
-
-def augmented_examples(splits: Splits, cfg: Config, n: int = 16, seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
-    """`n` training images and the same images as the training loader would augment them under `cfg`, both uint8
-    NHWC for display. Drawn with a generator of their own (`seed`), so the training batches do not change."""
-    loader = DeviceLoader(splits.train_images[:n], splits.train_labels[:n], splits.mean, splits.std, n, "cpu",
-                          train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment)
-    order = loader.draw_epoch()["order"].numpy()
-    x, _ = next(iter(loader))
-    mean, std = loader.mean, loader.std
-    augmented = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return splits.train_images[:n][order], augmented

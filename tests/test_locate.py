@@ -1,0 +1,311 @@
+"""utils.locate (and the finders built on it: utils.dataset.find_data_dir / find_nolabel, utils.checkpoint.
+find_run_folder / find_checkpoint): inputs found where each platform's sheet (tests/platform_facts.py) says they
+are, in both of Kaggle's mount layouts, with margin in the search depth; errors name every place searched.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from platform_facts import COLAB, COMPETITION, SHEETS
+from platform_sandbox import SLUG, USER, competition_cache, enter, fake_google_colab, isolate, real
+
+from utils import locate, platforms
+from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, find_checkpoint, find_run_folder
+from utils.config import load_config
+from utils.dataset import DataNotFoundError, find_data_dir, find_nolabel
+
+KAGGLE_SHEETS = {name: sheet for name, sheet in SHEETS.items() if sheet.name == "kaggle"}
+LAYOUTS = {sheet.competition_dir for sheet in KAGGLE_SHEETS.values()}
+
+
+@pytest.fixture(autouse=True)
+def sandbox(monkeypatch, tmp_path):
+    """Also the repository: a folder of its own (this checkout's data/ may hold the real CIFAR-10)."""
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setattr(platforms, "REPO_ROOT", tmp_path / "repo")
+    platforms.REPO_ROOT.mkdir()
+    return tmp_path
+
+
+@pytest.fixture(params=sorted(KAGGLE_SHEETS))
+def kaggle(request, monkeypatch):
+    """Each of Kaggle's sheets: both mount layouts, interactive and batch (Colab's signals present in all)."""
+    sheet = KAGGLE_SHEETS[request.param]
+    enter(monkeypatch, sheet)
+    return sheet
+
+
+@pytest.fixture
+def colab(monkeypatch):
+    fake_google_colab(monkeypatch)
+    enter(monkeypatch, COLAB)
+    return COLAB
+
+
+def lay_out_batches(folder: Path) -> Path:
+    (folder / locate.BATCHES_SUBDIR).mkdir(parents=True)
+    return folder
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_the_sheets_cover_both_kaggle_mount_layouts():
+    assert LAYOUTS == {f"/kaggle/input/competitions/{COMPETITION}", f"/kaggle/input/{COMPETITION}"}
+
+
+# --------------------------------------------------------------------------------------------
+# The data
+# --------------------------------------------------------------------------------------------
+def test_local_data_dirs_default_order(monkeypatch, tmp_path):
+    assert locate.data_dirs() == [platforms.REPO_ROOT / "data", tmp_path / "cwd" / "data"]
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "mine"))
+    assert locate.data_dirs() == [tmp_path / "mine", platforms.REPO_ROOT / "data", tmp_path / "cwd" / "data"]
+    monkeypatch.chdir(platforms.REPO_ROOT)   # ./data is platforms.REPO_ROOT/data: listed once
+    assert locate.data_dirs() == [tmp_path / "mine", platforms.REPO_ROOT / "data"]
+
+
+def test_explicit_data_dir_is_the_only_candidate(monkeypatch, tmp_path, kaggle):
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "mine"))
+    lay_out_batches(real(kaggle.competition_dir))
+    assert locate.data_dirs(tmp_path / "given") == [tmp_path / "given"]
+    assert locate.data_dirs("somewhere/data") == [platforms.REPO_ROOT / "somewhere" / "data"]
+    assert locate.searched("data", tmp_path / "given") == []
+
+
+def test_kaggle_competition_data_found_in_its_mount_layout(kaggle):
+    mounted = lay_out_batches(real(kaggle.competition_dir))
+    assert locate.data_dirs()[2:] == [mounted]
+    assert find_data_dir() == mounted
+
+
+def test_kaggle_data_found_in_both_layouts_whatever_the_folders_are_called(kaggle):
+    kaggle_input = platforms.KAGGLE_INPUT
+    found = [lay_out_batches(real(fact)) for fact in sorted(LAYOUTS, key=len)]    # older (depth 1), current (2)
+    weird = lay_out_batches(kaggle_input / "Some Weird Name_v3")
+    deepest = lay_out_batches(kaggle_input / "a" / "b" / "c" / "d" / "e")          # depth 5: found
+    lay_out_batches(kaggle_input / "a" / "b" / "c" / "d" / "e" / "f")              # depth 6: not searched
+    (kaggle_input / "empty-dataset").mkdir()
+    assert locate.DATA_SEARCH_DEPTH == 5
+    assert locate.data_dirs()[2:] == [weird, found[0], found[1], deepest]
+
+
+def test_data_inside_an_attached_notebooks_clone_is_found_in_both_layouts(kaggle):
+    """The deepest place data is expected: the clone (with its data/) in an attached notebook's output, 5 levels
+    down in the current layout (notebooks/<user>/<slug>/<repo>/data), 3 in the older one."""
+    inside = lay_out_batches(real(kaggle.repo_copy_dir) / "data")
+    assert find_data_dir() == inside
+
+
+def test_kaggle_data_at_the_input_root_itself(kaggle):
+    lay_out_batches(platforms.KAGGLE_INPUT)
+    assert locate.data_dirs()[-1] == platforms.KAGGLE_INPUT
+
+
+def test_no_kaggle_input_folder_means_no_kaggle_candidates():
+    assert not platforms.KAGGLE_INPUT.exists()
+    assert len(locate.data_dirs()) == 2 and locate.searched("data") == []
+
+
+def test_kaggle_without_competition_data_names_both_mount_layouts(kaggle, tmp_path):
+    root = platforms.KAGGLE_INPUT
+    lay_out_batches(real(kaggle.repo_copy_dir) / "x" / "y" / "z" / "data")        # too deep to count
+    for find, what in ((find_data_dir, "cifar-10-python/cifar-10-batches-py/"), (find_nolabel, "cifar_test_nolabel")):
+        with pytest.raises(DataNotFoundError) as err:
+            find()
+        message = str(err.value)
+        assert f"{root}/competitions/{COMPETITION}/ (current layout)" in message, message
+        assert f"{root}/{COMPETITION}/ (older sessions)" in message
+        assert f"every folder under {root} to depth 5, for {what}" in message
+        assert f"Add Input > Competitions > {COMPETITION}" in message
+
+
+def test_kagglehub_cache_holds_the_data_on_any_platform():
+    cached = lay_out_batches(competition_cache(COLAB))
+    assert find_data_dir() == cached
+
+
+# --------------------------------------------------------------------------------------------
+# The unlabeled pickle
+# --------------------------------------------------------------------------------------------
+def test_nolabel_found_in_each_place(monkeypatch, tmp_path, kaggle):
+    name = locate.NOLABEL_FILE
+    kaggle_input = platforms.KAGGLE_INPUT
+    mine = tmp_path / "mine"
+    monkeypatch.setenv("CIFAR10_DIR", str(mine))
+    mounted = touch(real(kaggle.competition_dir) / name)
+    in_kaggle = touch(kaggle_input / "any-dataset-name" / name)
+    deeper = touch(kaggle_input / "x" / "slug" / "y" / "z" / name)                 # depth 4
+    deepest = touch(kaggle_input / "a" / "b" / "c" / "d" / "e" / name)             # depth 5: found
+    touch(kaggle_input / "a" / "b" / "c" / "d" / "e" / "f" / name)                 # depth 6: too deep
+    found = locate.nolabel_candidates(data_dir=tmp_path / "data")
+    walked = sorted([mounted, in_kaggle], key=lambda p: (len(p.relative_to(kaggle_input).parts), str(p)))
+    repo_data = platforms.REPO_ROOT / "data" / name
+    assert found == [mine / name, tmp_path / "data" / name, repo_data, *walked, deeper, deepest]
+    assert locate.nolabel_candidates(data_dir="data")[1] == platforms.REPO_ROOT / "data" / name   # relative: repo
+    assert locate.nolabel_candidates(tmp_path / "given.pkl") == [tmp_path / "given.pkl"]
+    assert locate.nolabel_candidates(data_dir=tmp_path, filename="other.pkl")[1] == tmp_path / "other.pkl"
+    monkeypatch.delenv("CIFAR10_DIR")
+    assert find_nolabel() == walked[0]
+
+
+def test_nolabel_in_each_kaggle_mount_layout(kaggle):
+    assert find_nolabel(required=False) is None
+    mounted = touch(real(kaggle.competition_dir) / locate.NOLABEL_FILE)
+    assert find_nolabel() == mounted
+
+
+def test_colab_finds_the_unlabeled_pickle_on_drive_and_in_kagglehubs_cache(colab):
+    root = platforms.COLAB_MYDRIVE / platforms.REPO_ROOT.name
+    cache = competition_cache(colab)
+    name = locate.NOLABEL_FILE
+    assert locate.nolabel_candidates()[-3:] == [root / name, root / "data" / name, cache / name]
+    with pytest.raises(DataNotFoundError) as err:
+        find_nolabel()
+    assert f"every folder under {cache} to depth 3" in str(err.value)
+    assert f"kagglehub.competition_download('{COMPETITION}')" in str(err.value)
+    nested = touch(cache / "extracted" / name)        # however the download unpacked it
+    assert find_nolabel() == nested
+    direct = touch(cache / name)
+    assert find_nolabel() == direct
+    assert root / name not in locate.nolabel_candidates(root / "elsewhere.pkl")   # explicit: only it
+
+
+def test_walk_dirs_depth_order_and_pruning(tmp_path):
+    for rel in ("b/x", "a/y/z", ".hidden/q", "member-1/deep"):
+        (tmp_path / "w" / rel).mkdir(parents=True)
+    root = tmp_path / "w"
+
+    def rels(paths):
+        return [p.relative_to(root).as_posix() for p in paths]
+
+    assert rels(locate.walk_dirs(root, 1)) == [".", "a", "b", "member-1"]
+    assert rels(locate.walk_dirs(root, 5)) == [".", "a", "b", "member-1", "a/y", "b/x", "member-1/deep", "a/y/z"]
+    pruned = locate.walk_dirs(root, 5, descend=lambda d: not locate.is_member_folder(d))
+    assert rels(pruned) == [".", "a", "b", "member-1", "a/y", "b/x", "a/y/z"]
+    assert list(locate.walk_dirs(tmp_path / "missing", 3)) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Run folders: best.pt in this run, or in an attached notebook's output (Kaggle)
+# --------------------------------------------------------------------------------------------
+def save_best(folder: Path, profile: str = "smoke", **overrides) -> Path:
+    """A best.pt whose saved recipe is `profile`'s (with `overrides`), as training writes it."""
+    cfg = load_config(profile, **overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": {}}, folder / locate.BEST)
+    return folder
+
+
+def attached_run(sheet, profile: str = "smoke", slug: str = SLUG, **overrides) -> Path:
+    """The run folder of `profile` in an attached training notebook's output (its whole /kaggle/working)."""
+    return save_best(real(sheet.notebook_output_dir, slug=slug) / "runs" / profile / "checkpoints", profile,
+                     **overrides)
+
+
+def test_member_one_of_the_current_layout_sits_seven_levels_down_within_the_search_depth(kaggle):
+    cfg = load_config("smoke")
+    member = save_best(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints" / "member-1")
+    depth = len(member.relative_to(platforms.KAGGLE_INPUT).parts)
+    assert depth == (7 if "notebooks" in kaggle.notebook_output_dir else 5)
+    assert locate.RUN_SEARCH_DEPTH == 9 >= depth + 2
+    assert locate.run_folder_candidates(cfg.run_path, "smoke") == [cfg.run_path]   # a member is not a run folder
+    with pytest.raises(CheckpointError, match="best.pt not found"):
+        find_run_folder(cfg, log=lambda line: None)
+
+
+def test_run_folder_candidates_in_both_layouts_the_profiles_first(kaggle):
+    run_path = load_config("smoke").run_path
+    other = attached_run(kaggle, "fast")
+    mine = attached_run(kaggle, "smoke")
+    save_best(mine / "member-1")
+    deep = save_best(platforms.KAGGLE_INPUT / "a" / "b" / "c" / "d" / "e" / "f" / "g" / "h" / "i")   # depth 9
+    save_best(platforms.KAGGLE_INPUT / "a" / "b" / "c" / "d" / "e" / "f" / "g" / "h" / "i" / "j")    # 10: not
+    assert locate.run_folder_candidates(run_path, "smoke") == [run_path, mine, other, deep]
+    assert locate.run_folder_candidates(run_path, "fast")[1:] == [other, mine, deep]
+    assert locate.run_folder_candidates(run_path, "smoke", platform="local") == [run_path]
+
+
+def test_find_run_folder_uses_this_runs_best_pt_first_and_says_so(kaggle):
+    cfg = load_config("smoke")
+    attached_run(kaggle, "smoke")
+    save_best(cfg.run_path)
+    lines = []
+    assert find_run_folder(cfg, log=lines.append) == cfg.run_path
+    assert lines == [f"run folder: {cfg.run_path} (best.pt of this run)"]
+
+
+def test_find_run_folder_uses_an_attached_output_of_the_same_recipe_in_both_layouts(kaggle, capsys):
+    cfg = load_config("smoke")
+    mine = attached_run(kaggle, "smoke")
+    lines = []
+    assert find_run_folder(cfg, log=lines.append) == mine
+    assert lines == [f"run folder: {mine} (best.pt from an attached notebook's output, read-only; trained with the "
+                     "recipe of profile 'smoke')"]
+    assert find_checkpoint(cfg) == mine / "best.pt"              # today's callers: notebooks 04 and 05
+    assert str(mine) in capsys.readouterr().out                  # printed by default
+
+
+def test_another_profiles_checkpoint_in_an_attached_output_is_skipped_and_named(kaggle):
+    cfg = load_config("smoke")
+    fast = attached_run(kaggle, "fast", slug="fast-train")
+    lines = []
+    with pytest.raises(CheckpointError) as err:
+        find_run_folder(cfg, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith(f"skipped {fast / 'best.pt'}: trained with another recipe "
+                                                   "than profile 'smoke' (")
+    assert "epochs: checkpoint" in lines[0]                     # the differing fields, as resume names them
+    message = str(err.value)
+    assert lines[0] in message and str(cfg.run_path) in message
+    root = platforms.KAGGLE_INPUT
+    assert f"{root}/notebooks/<user>/<notebook>/ (current layout)" in message
+    assert f"{root}/<notebook>/ (older sessions)" in message
+    mine = attached_run(kaggle, "smoke")
+    assert find_run_folder(cfg, log=lines.append) == mine
+
+
+def test_the_same_profile_name_with_another_recipe_is_skipped_too(kaggle):
+    """The recipe decides, not the folder's name: a smoke run trained with other epochs is not this smoke run."""
+    cfg = load_config("smoke")
+    changed = attached_run(kaggle, "smoke", epochs=cfg.epochs + 1)
+    lines = []
+    with pytest.raises(CheckpointError):
+        find_run_folder(cfg, log=lines.append)
+    assert lines == [f"skipped {changed / 'best.pt'}: trained with another recipe than profile 'smoke' "
+                     f"(epochs: checkpoint {cfg.epochs + 1} vs now {cfg.epochs})"]
+    # run-time fields (device, tta, run_dir, ...) may differ: the same rule resume applies to last.pt
+    same = attached_run(kaggle, "smoke", slug="other-session", device="cpu", tta="none")
+    assert find_run_folder(cfg, log=lines.append) == same
+
+
+def test_an_unreadable_attached_checkpoint_is_skipped_saying_why(kaggle):
+    cfg = load_config("smoke")
+    broken = real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints"
+    touch(broken / "best.pt")
+    lines = []
+    with pytest.raises(CheckpointError, match="cannot be read as a checkpoint"):
+        find_run_folder(cfg, log=lines.append)
+    assert lines[0].startswith(f"skipped {broken / 'best.pt'}: cannot be read as a checkpoint")
+
+
+def test_attached_outputs_are_looked_into_only_on_kaggle(monkeypatch, tmp_path):
+    cfg = load_config("smoke", run_dir=str(tmp_path / "run"))
+    save_best(platforms.KAGGLE_INPUT / "notebooks" / USER / SLUG / "runs" / "smoke" / "checkpoints")
+    with pytest.raises(CheckpointError) as err:
+        find_run_folder(cfg, log=lambda line: None)
+    assert str(platforms.KAGGLE_INPUT) not in str(err.value)
+
+
+def test_find_checkpoint_for_another_file_prefers_this_runs_copy(tmp_path):
+    cfg = load_config("smoke", run_dir=str(tmp_path / "run"))
+    touch(cfg.run_path / "last.pt")
+    assert find_checkpoint(cfg, "last.pt", log=lambda line: None) == cfg.run_path / "last.pt"
+    save_best(cfg.run_path)
+    (cfg.run_path / "last.pt").unlink()
+    with pytest.raises(CheckpointError, match="no last.pt beside the best.pt used"):
+        find_checkpoint(cfg, "last.pt", log=lambda line: None)
