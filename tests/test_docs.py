@@ -115,9 +115,9 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 
 def ci_commands() -> list[str]:
-    """The commands .ci/run runs, in order (not its comments, `set`, `cd` or `export` lines)."""
+    """The commands .ci/run runs, in order (not its comments, `set`, `cd`, `export`, `trap` or assignment lines)."""
     lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
-    skip = re.compile(r"^(#|set\s|cd\s|export\s)")
+    skip = re.compile(r"^(#|set\s|cd\s|export\s|trap\s|\w+=)")
     return [line.strip() for line in lines if line.strip() and not skip.match(line.strip())]
 
 
