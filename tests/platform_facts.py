@@ -28,6 +28,7 @@ Sources:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 COMPETITION = "deep-learning-spring-2025-project-1"
@@ -105,22 +106,15 @@ KAGGLE = Platform(
     packages=dict(COLAB.packages),   # the image is Colab's
 )
 
-KAGGLE_OLD_LAYOUT = Platform(
-    name="kaggle",
-    environ=dict(_KAGGLE_ENV),
-    modules=("google.colab",),
-    colab_kernel=False,
-    cwd="/kaggle/working",
-    output_root="/kaggle/working",
-    read_only=("/kaggle/input",),
+KAGGLE_OLD_LAYOUT = dataclasses.replace(   # the same image; only the mount layout of older sessions differs
+    KAGGLE,
     competition_dir=f"/kaggle/input/{COMPETITION}",
     notebook_output_dir="/kaggle/input/{slug}",
     repo_copy_dir="/kaggle/input/{slug}/{repo}",
-    packages=dict(COLAB.packages),
 )
 
 # Kaggle's batch run ("Save Version" runs the notebook top to bottom with this run type).
-KAGGLE_BATCH = Platform(**{**KAGGLE.__dict__, "environ": {**_KAGGLE_ENV, "KAGGLE_KERNEL_RUN_TYPE": "Batch"}})
+KAGGLE_BATCH = dataclasses.replace(KAGGLE, environ={**_KAGGLE_ENV, "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
 
 LOCAL = Platform(name="local", environ={}, modules=(), colab_kernel=False, cwd="{repo}", output_root="{repo}")
 
