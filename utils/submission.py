@@ -18,7 +18,6 @@ from . import platforms
 from .config import KAGGLE_COMPETITION, NUM_CLASSES, Config
 from .dataset import load_unlabeled
 from .ensemble import Member, ensemble_probabilities, predict_members
-from .evaluate import predict_with_checkpoint
 from .files import atomic_write
 
 HEADER = ["ID", "Labels"]
@@ -99,14 +98,6 @@ def copy_for_kaggle(path: str | Path) -> Path | None:
 
 def kaggle_command(path: str | Path, message: str = "CustomResNet") -> str:
     return f'kaggle competitions submit -c {KAGGLE_COMPETITION} -f {path} -m "{message}"'
-
-
-def predict_unlabeled(model, checkpoint: dict, nolabel_path: str | Path, device, batch_size: int = 500,
-                      tta: str | bool = "none", plan=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, predicted labels, probabilities) for the unlabeled pickle, with the checkpoint's normalisation."""
-    images, ids = load_unlabeled(nolabel_path)
-    probs = predict_with_checkpoint(model, checkpoint, images, device, batch_size, tta, plan)
-    return ids, probs.argmax(1), probs
 
 
 def predict_unlabeled_ensemble(members: list[Member], nolabel_path: str | Path, cfg: Config,
