@@ -4,9 +4,14 @@ refused before anything starts. Two CPU processes stand in for two GPUs (no test
 thread, as the members trained alone here."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -102,6 +107,8 @@ def test_a_killed_member_fails_the_call_naming_it_the_others_finish_and_a_rerun_
         started = re.match(r"\[member (\d)\] started on \S+ \(pid (\d+)\)", line)
         if started:
             pids[int(started[1])] = int(started[2])
+            argv = Path(f"/proc/{started[2]}/cmdline").read_bytes().split(b"\0")
+            assert argv[argv.index(b"--launcher-pid") + 1] == str(os.getpid()).encode()   # it watches this process
         if line.startswith("[member 1] epoch   1 "):
             os.kill(pids[1], signal.SIGKILL)       # what the OOM killer does
 
@@ -133,6 +140,44 @@ def test_a_member_folder_of_another_recipe_is_refused_before_any_process_starts(
         train_members(cfg, devices=["cpu", "cpu"], log=lines.append)
     assert "resume=False" in str(err.value)
     assert not lines and not (cfg.run_path / "last.pt").exists()
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may wait for a PID 1 that never reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_a_member_process_ends_itself_once_its_launcher_is_gone(layout, tmp_path):
+    """SIGTERM or SIGKILL to the launcher (a kernel restarted, a job cancelled) runs none of its cleanup: the member
+    must notice by itself, not only at its next line into a closed pipe (an epoch later; here its output goes to
+    /dev/null, so it would never notice) while a rerun may already be training in its folder."""
+    cfg = recipe(tmp_path / "run", layout, epochs=1000, members=1)
+    member = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-m', 'utils.members', '--config',"
+              " sys.argv[1], '--launcher-pid', str(__import__('os').getpid())], stdout=subprocess.DEVNULL,"
+              " stderr=subprocess.DEVNULL); print(p.pid, flush=True); time.sleep(600)")
+    launcher = subprocess.Popen([sys.executable, "-c", member, json.dumps({**cfg.to_dict(), "device": "cpu"})],
+                                cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    pid = int(launcher.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not (cfg.run_path / "last.pt").exists() and time.monotonic() < deadline:   # it is training
+            time.sleep(0.2)
+        assert running(pid) and (cfg.run_path / "last.pt").exists()
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(pid), "the member process outlived its launcher"
+    finally:
+        launcher.kill()
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not member_runs(cfg)[0].finished                   # stopped mid-run: a rerun resumes from its last.pt
 
 
 @pytest.mark.slow

@@ -14,6 +14,9 @@ Design choices:
   its folder. A process that dies (out of memory, killed) does not stop the others; the call then ends with
   a `MemberError` naming each dead member, how it ended and its log. Calling again trains only what is
   unfinished: finished members are skipped, the others resume from their own last.pt.
+- A member process never outlives its launcher: SIGTERM or SIGKILL to the launcher (a kernel restarted, a job
+  cancelled) skips its cleanup, so each member watches its parent (`--launcher-pid`) and ends itself once that
+  is gone; its last.pt, written atomically each epoch, is what a rerun resumes.
 - Before any process starts, every member folder's last.pt is checked as resume checks it
   (`utils.train.check_resumable`): one of another recipe is refused, naming the member.
 - Inference never imports this module (utils.ensemble reads the members' best.pt).
@@ -190,7 +193,8 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
         logfile = open(folder / LOG_NAME, "a", buffering=1)  # noqa: SIM115 (closed when the process ends)
         config = json.dumps({**base, "member": k, "device": device})
         cmd = [sys.executable, "-m", "utils.members", "--config", config, "--at-once", str(at_once),
-               "--in-call", str(len(todo))] + (["--threads", str(threads)] if threads else [])
+               "--in-call", str(len(todo)), "--launcher-pid", str(os.getpid())]
+        cmd += ["--threads", str(threads)] if threads else []
         proc = subprocess.Popen(cmd, cwd=platforms.REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         logfile.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} member {k} on {slots[slot]} (pid {proc.pid}) ===\n")
@@ -248,13 +252,26 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
 # --------------------------------------------------------------------------------------------
 # The member process: python -m utils.members --config JSON
 # --------------------------------------------------------------------------------------------
+def end_with_launcher(launcher_pid: int, every_s: float = 1.0) -> None:
+    """End this process (SIGTERM to itself) once its parent is no longer `launcher_pid`, checked every `every_s`."""
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one ensemble member (started by train_members).")
     parser.add_argument("--config", required=True, help="the member's Config as JSON (member and device set)")
     parser.add_argument("--at-once", type=int, default=1, help="members training side by side (for the estimate)")
     parser.add_argument("--in-call", type=int, default=1, help="members this call trains (for the estimate)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--launcher-pid", type=int, default=None, help="end when this parent process is gone")
     args = parser.parse_args(argv)
+    if args.launcher_pid is not None:
+        end_with_launcher(args.launcher_pid)
     import torch
 
     from .train import fit
