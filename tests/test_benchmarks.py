@@ -52,7 +52,7 @@ def test_bench_train_reports_both_pipelines_as_json(cifar_dir):
 def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifar_dir, tmp_path):
     cmd = [sys.executable, str(COMPARE), "--profiles", "paper", "leaderboard:val_fraction=0.1",
            "--subset-per-class", "20", "--epochs", "1", "--device", "cpu", "--data-dir", str(cifar_dir),
-           "--corruption-images", "20", "--test-limit", "500", "--run-root", str(tmp_path)]
+           "--corruption-images", "10", "--test-limit", "200", "--run-root", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -60,7 +60,7 @@ def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifa
     assert set(rows) == {"paper", "leaderboard:val_fraction=0.1"}
     for row in rows.values():
         assert row["epochs"] == 1 and row["train_images"] == 180 and row["val_images"] == 20
-        assert row["test_images"] == 500 and 0 <= row["mean_corruption_acc"] <= 1
+        assert row["test_images"] == 200 and 0 <= row["mean_corruption_acc"] <= 1
         assert 0 <= row["test_acc"] <= 1 and 0 <= row["test_acc_no_tta"] <= 1 and 0 <= row["best_val_acc"] <= 1
     assert rows["paper"]["tta"] == "none" and rows["paper"]["test_acc"] == rows["paper"]["test_acc_no_tta"]
     assert rows["leaderboard:val_fraction=0.1"]["tta"] == "flip_shift"

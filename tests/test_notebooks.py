@@ -274,12 +274,17 @@ def outputs_text(executed: Path, name: str) -> str:
     return "".join(out.get("text", "") for cell in code_cells(nb) for out in cell.get("outputs", []))
 
 
+TINY_UNLABELED = 1000                # the unlabeled file's first 1,000 images (the Kaggle twin submits all 10,000)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(cifar_dir, tmp_path_factory):
     """`python run.py --profile tiny` into temporary folders; the same data for the kernels nbval starts."""
-    done, out = run_profile("tiny", tmp_path_factory.mktemp("tiny"), cifar_dir)
+    folder = tmp_path_factory.mktemp("tiny")
+    nolabel = first_unlabeled(cifar_dir, folder, TINY_UNLABELED)
+    done, out = run_profile("tiny", folder, cifar_dir, "-p", "nolabel_path", str(nolabel))
     assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done, out
+    return done, {**out, "nolabel": nolabel}
 
 
 @pytest.mark.notebooks
@@ -294,8 +299,8 @@ def test_tiny_run_writes_figures_tables_and_a_whole_submission(tiny_run, cifar_d
     for stem in TABLES:
         table = pd.read_csv(out["figures_dir"] / f"{stem}.csv")
         assert len(table) >= 7 and (out["figures_dir"] / f"{stem}.md").read_text().startswith("|")
-    submission = validate_submission(out["submission_path"], cifar_dir / "cifar_test_nolabel.pkl")
-    assert len(submission) == 10_000
+    submission = validate_submission(out["submission_path"], out["nolabel"])
+    assert len(submission) == TINY_UNLABELED
     assert TEST_ACCURACY.search(outputs_text(out["executed"], "04_analysis.ipynb")), "04 printed no test accuracy"
 
 
@@ -318,7 +323,8 @@ def test_tiny_run_prints_the_values_it_should(tiny_run):
     assert [int(e) for e in EPOCH_LINE.findall(training)] == list(range(1, tiny["epochs"] + 1)), training[-2000:]
     analysis = outputs_text(out["executed"], "04_analysis.ipynb")
     assert f"test_batch, {tiny['test_limit']:,} images" in analysis, analysis[-2000:]
-    assert "submission.csv: 10,000 rows, columns ID,Labels" in outputs_text(out["executed"], "05_kaggle_submit.ipynb")
+    assert f"submission.csv: {TINY_UNLABELED:,} rows, columns ID,Labels" in outputs_text(out["executed"],
+                                                                                       "05_kaggle_submit.ipynb")
 
 
 @pytest.mark.notebooks
@@ -363,7 +369,7 @@ def test_executed_tiny_notebooks_pass_nbval(tiny_run, cifar_dir):
 
 def first_unlabeled(cifar_dir: Path, folder: Path, n: int) -> Path:
     """The first `n` images and ids of the unlabeled pickle, in its format: a submission in seconds, not minutes,
-    where every view of TTA costs another pass (the full 10,000 are written by the tiny run and the twins)."""
+    where every view of TTA costs another pass (the Kaggle twin submits the full 10,000 of the real file)."""
     with open(cifar_dir / "cifar_test_nolabel.pkl", "rb") as f:
         full = pickle.load(f)
     path = folder / f"nolabel-first-{n}.pkl"
@@ -374,13 +380,14 @@ def first_unlabeled(cifar_dir: Path, folder: Path, n: int) -> Path:
 
 @pytest.mark.notebooks
 def test_leaderboard_profile_without_a_validation_split_runs_all_five_notebooks(tmp_path, cifar_dir):
-    """The issue's command (`-p subset_per_class 20 -p epochs 1`), with a small test and corruption set, and the
-    unlabeled file's first 500 images, for time (TTA flip_shift averages 6 views of every image)."""
+    """The issue's command (`-p subset_per_class 20 -p epochs 1`), with a small test and corruption set, the
+    unlabeled file's first 500 images and one member, for time (TTA flip_shift averages 6 views of every image; the
+    members' launcher and ensemble through the notebooks: tests/test_members.py and tests/test_ensemble.py)."""
     started = time.perf_counter()
     nolabel = first_unlabeled(cifar_dir, tmp_path, 500)
     done, out = run_profile("leaderboard", tmp_path, cifar_dir, "-p", "subset_per_class", "20", "-p", "epochs", "1",
                             "-p", "val_fraction", "0", "-p", "test_limit", "200", "-p", "corruption_images", "10",
-                            "-p", "nolabel_path", str(nolabel))
+                            "-p", "nolabel_path", str(nolabel), "-p", "members", "1")
     assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert "early stopping (patience" not in done.stdout   # leaderboard sets patience 0: nothing to report
     assert "val_fraction 0: no validation split" in done.stdout

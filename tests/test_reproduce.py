@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py end to end at tiny CPU scale (20 images per class, 1 epoch, 200 test images, 20 per
+"""benchmarks/reproduce.py end to end at tiny CPU scale (20 images per class, 1 epoch, 200 test images, 10 per
 corruption set): every result file and field, one log line per epoch, resuming without retraining, the time budget,
 and a kill that keeps the finished run.
 
@@ -24,7 +24,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "reproduce.py"
 TINY = ["--device", "cpu", "--subset-per-class", "20", "--epochs", "1"]
-SMALL_EVAL = "corruption_images=20,test_limit=200"
+SMALL_EVAL = "corruption_images=10,test_limit=200"
 PAPER = f"paper:{SMALL_EVAL}"
 FAST_NO_VAL = f"fast:val_fraction=0,{SMALL_EVAL}"          # the no-validation path: val numbers are None
 BLOCKED = ("papermill", "torchinfo", "jupyter", "jupyter_client", "jupyter_core", "nbformat", "nbclient", "nbval",
@@ -85,7 +85,7 @@ def test_tiny_run_writes_every_result_then_resumes_without_retraining(tmp_path, 
         assert row["device"] == "cpu" and row["epochs_run"] == 1
         assert row["shared_gpu"] is True                     # --parallel: the two runs overlapped
         assert 0 <= row["test_acc"] <= 1 and 0 <= row["mean_corruption_acc"] <= 1
-        assert (row["test_images"], row["corruption_images"]) == (200, 20)
+        assert (row["test_images"], row["corruption_images"]) == (200, 10)
         assert row["images_per_second"] == pytest.approx(row["train_images"] / row["train_seconds"])
         history = pd.read_csv(out / f"history-{slug(row['profile'])}.csv")
         assert len(history) == 1 and row["train_seconds"] == pytest.approx(history["seconds"].sum())

@@ -1,17 +1,19 @@
 """The platform twins: the five notebooks run as a student runs them ("Run all"), on Colab's and on Kaggle's facts.
 
-Each test runs `.ci/twins/twin.py TWIN` (see its docstring: the platform's package versions in a venv built by
-.ci/twins/setup.sh, its files in a private mount namespace, its kernel and variables from tests/platform_facts.py,
-the repository cloned by the setup cell from a snapshot of this working tree, profile `tiny`) and passes when
-the twin's every check passed; the twin's one-line summary is printed. A twin that cannot run here (no venv, not
-root, no `unshare`, no ../shared/data/make_cifar10.py) FAILS under CI (CI=true or CIFAR10_REQUIRE_TWINS=1, which
-.ci/run sets) and is skipped elsewhere, saying why.
+Each test reads what `.ci/twins/twin.py TWIN` did (both twins run at once: twin_runs). See twin.py's docstring: the
+platform's package versions in a venv built by .ci/twins/setup.sh, its files in a private mount namespace, its
+kernel and variables from tests/platform_facts.py, the repository cloned by the setup cell from a snapshot of this
+working tree, profile `tiny`. A test passes when its twin's every check passed; the twin's one-line summary is
+printed. A twin that cannot run here (no venv, not root, no `unshare`, no ../shared/data/make_cifar10.py) FAILS
+under CI (CI=true or CIFAR10_REQUIRE_TWINS=1, which .ci/run sets) and is skipped elsewhere, saying why.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,19 +22,49 @@ from utils.config import REPO_ROOT
 TWIN = REPO_ROOT / ".ci" / "twins" / "twin.py"
 TWINS = ["colab", "kaggle"]
 CANNOT_RUN = 3                     # twin.py's exit code when the twin cannot run on this machine
-TIMEOUT_S = 20 * 60                # a twin takes about 2 minutes on 2 CPU cores; a shared CPU can be slower
+TIMEOUT_S = 30 * 60                # both twins side by side: minutes on 2 CPU cores; a shared CPU can be slower
 
 
 def required() -> bool:
     return os.environ.get("CIFAR10_REQUIRE_TWINS") == "1" or os.environ.get("CI", "").lower() in ("1", "true")
 
 
+@pytest.fixture(scope="module")
+def twin_runs(request):
+    """Both twins started at once, each in its own process and mount namespace: much of a twin's time is one
+    thread's (kernels starting, imports, pip, figures), so two share the cores well. The platforms' root folders
+    (/content, /kaggle) are made here for both and removed once both have ended, so that neither twin removes
+    a folder the other's namespace still has a mount on (an rmdir in another namespace unmounts it)."""
+    roots = [Path(p) for p in ("/content", "/kaggle")]
+    made = []
+    with contextlib.suppress(OSError):          # not root: the twins say they cannot run
+        for root in roots:
+            if not root.exists():
+                root.mkdir()
+                made.append(root)
+    selected = {item.callspec.params.get("twin") for item in request.session.items if hasattr(item, "callspec")}
+    wanted = [twin for twin in TWINS if twin in selected]
+    procs = {twin: subprocess.Popen([sys.executable, str(TWIN), twin], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for twin in wanted}
+    done = {}
+    try:
+        for twin, proc in procs.items():
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+            done[twin] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+        for root in made:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+    return done
+
+
 @pytest.mark.twins
 @pytest.mark.notebooks
 @pytest.mark.parametrize("twin", TWINS)
-def test_the_five_notebooks_run_all_under_the_platform_twin(twin, capsys):
-    done = subprocess.run([sys.executable, str(TWIN), twin], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+def test_the_five_notebooks_run_all_under_the_platform_twin(twin, twin_runs, capsys):
+    done = twin_runs[twin]
     output = done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith(f"twin {twin}:")]
     if done.returncode == CANNOT_RUN:

@@ -21,7 +21,8 @@ What a twin is (the facts come from tests/platform_facts.py, one sheet per platf
 Colab: each notebook gets a machine of its own (README, "Run on Colab"), so before each one /content is a fresh
 tmpfs and the venv's overlay is fresh; Google Drive is a folder that outlives them, which the stand-in
 `drive.mount` bind-mounts at /content/drive when the setup cell asks. The student uploaded the data (a tiny
-make_cifar10.py layout, real images) to Drive once and gives data_dir. Ends with a validated
+make_cifar10.py layout, real images; the unlabeled pickle cut to its first 1,000, see UNLABELED) to Drive once and
+gives data_dir. Ends with a validated
 MyDrive/<repo>/submissions/submission.csv.
 Kaggle: one session. The competition's files are at the sheet's competition_dir, /kaggle/input is read-only
 (bind + remount ro), the notebooks are copied into /kaggle/working and run there, no data_dir is given (it
@@ -61,6 +62,10 @@ KERNEL_CLASS = "google.colab._kernel.Kernel"   # its shell is the sheet's COLAB_
 # The sheets a twin can run under, and the venv each uses (colab_child, a papermill kernel started from a Colab
 # cell, is not a student's Run all: no twin).
 VENV_OF = {"colab": "colab", "kaggle": "kaggle", "kaggle_old_layout": "kaggle", "kaggle_batch": "kaggle"}
+# The unlabeled images a twin labels: Kaggle's sheets the competition's whole file where the sheet mounts it, Colab's
+# its first 1,000 (predicting 10,000 images takes minutes on a 2-core CPU without AVX-512; one twin is enough for
+# the whole file's size, and the code path is the same).
+UNLABELED = {"colab": 1000}
 DEBUGPY_NOTE = re.compile(r"^0\.00s - (Debugger warning|make the debugger|to python to disable|Note: Debugging)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PLATFORM_LINE = re.compile(r"platform: (\w+) \| outputs: (\S+)")
@@ -116,20 +121,29 @@ def snapshot(work: Path) -> tuple[str, str]:
     return f"file://{bare}", commit
 
 
-def tiny_layout() -> Path:
+def tiny_layout(unlabeled: int | None = None) -> Path:
     """make_cifar10.py's layout with as many training images per class as the profile uses (its subset_per_class;
-    the full test set and unlabeled pickle), made once and kept in TWINS_HOME."""
+    the full test set and unlabeled pickle, or that pickle's first `unlabeled` images), made once and kept in
+    TWINS_HOME."""
     import yaml
     per_class = yaml.safe_load((REPO_ROOT / "configs" / f"{PROFILE}.yaml").read_text())["subset_per_class"]
-    target = TWINS_HOME / f"cifar10-limit{per_class}"
-    if not (target / "cifar_test_nolabel.pkl").is_file():
-        partial = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=TWINS_HOME))
+    full = TWINS_HOME / f"cifar10-limit{per_class}"
+    target = full if unlabeled is None else TWINS_HOME / f"{full.name}-unlabeled{unlabeled}"
+    if (target / "cifar_test_nolabel.pkl").is_file():
+        return target
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=TWINS_HOME))
+    if unlabeled is None:
         run(sys.executable, MAKE_CIFAR10, partial, "--limit-per-class", per_class, capture_output=True)
-        if not (target / "cifar_test_nolabel.pkl").is_file():   # another run may have finished first
-            shutil.rmtree(target, ignore_errors=True)
-            partial.rename(target)
-        else:
-            shutil.rmtree(partial)
+    else:                                  # the same files, the pickle cut in its own format (trusted: ours)
+        shutil.copytree(tiny_layout(), partial, dirs_exist_ok=True)
+        with open(partial / "cifar_test_nolabel.pkl", "rb") as f:
+            whole = pickle.load(f)
+        with open(partial / "cifar_test_nolabel.pkl", "wb") as f:
+            pickle.dump({key: whole[key][:unlabeled] for key in (b"data", b"ids")}, f, protocol=4)
+    try:
+        partial.rename(target)             # whole or not at all: a folder is only ever renamed into place
+    except OSError:                        # the other twin, started at the same time, was first: use its
+        shutil.rmtree(partial)
     return target
 
 
@@ -152,12 +166,14 @@ def outer(args: argparse.Namespace) -> int:
         return cannot_run(sheet, f"{MAKE_CIFAR10} is missing (the offline CIFAR-10 beside the repository)")
 
     work = Path(tempfile.mkdtemp(prefix=f"cifar10-twin-{sheet}-"))
+    # Empty folders for the namespace's tmpfs to cover, removed afterwards. Twins run side by side need them made
+    # beforehand (tests/test_twins.py does): an rmdir here would unmount them in the other twin's namespace.
     made = [p for p in (Path("/content"), Path("/kaggle")) if not p.exists()]
-    for mount_point in made:          # empty folders for the namespace's tmpfs to cover
+    for mount_point in made:
         mount_point.mkdir()
     try:
         repo_url, commit = snapshot(work)
-        data = tiny_layout()
+        data = tiny_layout(UNLABELED.get(sheet))
         spec = {"sheet": sheet, "work": str(work), "repo_url": repo_url, "commit": commit, "data": str(data),
                 "venv": str(venv), "break": args.break_}
         code = subprocess.call(["unshare", "-m", "--propagation", "private", sys.executable, __file__,
