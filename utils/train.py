@@ -82,6 +82,8 @@ from .model import build_model
 
 SYNC_EVERY = 25                # steps between host syncs (loss check, progress bar)
 TIMING_STEPS = (2, 7)          # the wall time is measured over these steps of a call's first epoch
+# Kaggle's Notebooks documentation, "Technical Specifications" (https://www.kaggle.com/docs/notebooks): "12 hours
+# execution time for CPU and GPU notebook sessions".
 KAGGLE_SESSION_HOURS = 12.0    # a Kaggle notebook session (interactive or Save Version) ends after 12 h
 KAGGLE_SPARE_HOURS = 1.0       # of which kept for setup, notebooks 04 / 05 and saving the version
 
