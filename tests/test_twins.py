@@ -30,7 +30,7 @@ def required() -> bool:
 
 
 @pytest.fixture(scope="module")
-def twin_runs(request):
+def twin_runs(request, tmp_path_factory):
     """Both twins started at once, each in its own process and mount namespace: much of a twin's time is one
     thread's (kernels starting, imports, pip, figures), so two share the cores well. The platforms' root folders
     (/content, /kaggle) are made here for both and removed once both have ended, so that neither twin removes
@@ -44,13 +44,18 @@ def twin_runs(request):
                 made.append(root)
     selected = {item.callspec.params.get("twin") for item in request.session.items if hasattr(item, "callspec")}
     wanted = [twin for twin in TWINS if twin in selected]
-    procs = {twin: subprocess.Popen([sys.executable, str(TWIN), twin], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for twin in wanted}
+    folder = tmp_path_factory.mktemp("twins")
+    with contextlib.ExitStack() as files:           # files, not pipes: no twin waits on a reader busy with the other
+        procs = {twin: subprocess.Popen([sys.executable, str(TWIN), twin], cwd=REPO_ROOT,
+                                        stdout=files.enter_context((folder / f"{twin}.out").open("w")),
+                                        stderr=files.enter_context((folder / f"{twin}.err").open("w")))
+                 for twin in wanted}
     done = {}
     try:
         for twin, proc in procs.items():
-            out, err = proc.communicate(timeout=TIMEOUT_S)
-            done[twin] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+            proc.wait(timeout=TIMEOUT_S)
+            done[twin] = subprocess.CompletedProcess(proc.args, proc.returncode, (folder / f"{twin}.out").read_text(),
+                                                     (folder / f"{twin}.err").read_text())
     finally:
         for proc in procs.values():
             proc.kill()

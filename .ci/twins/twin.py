@@ -21,9 +21,8 @@ What a twin is (the facts come from tests/platform_facts.py, one sheet per platf
 Colab: each notebook gets a machine of its own (README, "Run on Colab"), so before each one /content is a fresh
 tmpfs and the venv's overlay is fresh; Google Drive is a folder that outlives them, which the stand-in
 `drive.mount` bind-mounts at /content/drive when the setup cell asks. The student uploaded the data (a tiny
-make_cifar10.py layout, real images; the unlabeled pickle cut to its first 1,000, see UNLABELED) to Drive once and
-gives data_dir. Ends with a validated
-MyDrive/<repo>/submissions/submission.csv.
+make_cifar10.py layout, real images; the unlabeled pickle cut to its first 1,000, see UNLABELED) to Drive once
+and gives data_dir. Ends with a validated MyDrive/<repo>/submissions/submission.csv.
 Kaggle: one session. The competition's files are at the sheet's competition_dir, /kaggle/input is read-only
 (bind + remount ro), the notebooks are copied into /kaggle/working and run there, no data_dir is given (it
 must be found in the input). Ends with a validated /kaggle/working/submission.csv.
