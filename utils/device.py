@@ -57,6 +57,13 @@ both machines have: a run from Kaggle's 2 x T4 resumes on one GPU or a CPU).
 Progress: bars in a live notebook or terminal; none in a batch run (`run.py` sets CIFAR10_PROGRESS=lines),
 whose saved notebooks would otherwise keep widgets frozen at 0 %.
 
+Emulation (`CIFAR10_EMULATE`, for CI and for anyone without a GPU): every student trains on a T4, and CI has no
+GPU. torch runs fp16 autocast, `GradScaler("cpu")` and fused SGD on the CPU too, so `CIFAR10_EMULATE=t4` makes
+`decide` on a CPU return the plan a T4 gets (fed a T4's facts: compute capability 7.5) and `bf16-gpu` the plan of
+an A100 / L4 / H100 (8.0), executed on the CPU through the same step, save and restore. The reason says so. It is
+refused on any other device (emulation is for CPUs) and for an unknown value. On a CPU without native fp16/bf16
+the emulated plans are several times slower than fp32: they are for checking the path, not for training.
+
 This module imports only torch, numpy and the standard library: it sits below the rest of `utils`
 but `config`-free, so the benchmarks and the GPU kit use it as is.
 """
@@ -70,7 +77,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +87,8 @@ import torch
 __all__ = [
     "DeviceError", "ExecutionPlan", "cpu_flags", "cpu_has_native_bf16", "gpu_arch_supported", "check_device",
     "compile_allowed", "decide", "device_name", "pick_device", "resolve_device", "seed_everything",
-    "rng_state", "set_rng_state", "progress_bars", "PROGRESS_ENV", "synchronize", "timed",
+    "rng_state", "set_rng_state", "progress_bars", "PROGRESS_ENV", "synchronize", "timed", "EMULATE_ENV",
+    "EMULATED", "emulated_device",
 ]
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -89,6 +97,11 @@ GPU_RUNTIME_FIX = ("run on a GPU runtime (Colab: Runtime > Change runtime type >
                    "Kaggle: Settings > Accelerator > GPU T4 x2)")
 _ARCH = re.compile(r"^(sm|compute)_(\d+)([a-z]?)$")
 _NAMES: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+EMULATE_ENV = "CIFAR10_EMULATE"
+# The device classes whose plan can be executed on a CPU: the name the plan line shows, and the compute capability
+# the decision is fed. A T4 is 7.5 (NVIDIA's CUDA GPUs list); 8.0 stands for every bf16 GPU (A100 8.0, L4 8.9,
+# H100 9.0 get the same plan).
+EMULATED: dict[str, tuple[str, tuple[int, int]]] = {"t4": ("T4", (7, 5)), "bf16-gpu": ("bf16 GPU", (8, 0))}
 
 
 class DeviceError(RuntimeError):
@@ -104,6 +117,7 @@ class ExecutionPlan:
     grad_scaler: bool
     compile: bool
     reason: str
+    fused_optimizer: bool = False      # fused SGD: GradScaler hands it the scale and found_inf, no host sync
 
     @property
     def name(self) -> str:
@@ -121,8 +135,8 @@ class ExecutionPlan:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        """{"fused": True} on the CUDA GradScaler path (so GradScaler.step never calls .item()), else {}."""
-        return {"fused": True} if (self.grad_scaler and self.device.type == "cuda") else {}
+        """{"fused": True} on the GradScaler path of a GPU plan (so GradScaler.step never calls .item()), else {}."""
+        return {"fused": True} if self.fused_optimizer else {}
 
     def make_scaler(self) -> torch.amp.GradScaler | None:
         """A GradScaler for fp16 (loss scaling), None otherwise."""
@@ -251,13 +265,40 @@ def compile_allowed(device_type: str, capability: tuple[int, int] | None, dtype:
     return True, ""
 
 
+def emulated_device(device: torch.device | str, value: str | None = None) -> str | None:
+    """The device class whose plan a CPU run executes ($CIFAR10_EMULATE, or `value`), None when not emulating.
+    Raises DeviceError for an unknown value, or for emulation asked on a device other than the CPU."""
+    value = (os.environ.get(EMULATE_ENV, "") if value is None else value).strip().lower()
+    if not value:
+        return None
+    if value not in EMULATED:
+        raise DeviceError(f"{EMULATE_ENV}={value!r} is not a device class this project emulates; expected one of "
+                          f"{', '.join(repr(k) for k in EMULATED)} (or unset it).")
+    device = torch.device(device)
+    if device.type != "cpu":
+        raise DeviceError(f"{EMULATE_ENV}={value!r} with device {device}: emulation executes a GPU's plan on the CPU "
+                          f"and is for machines without one. Fix: unset {EMULATE_ENV} to use the {device.type} "
+                          'device as it is, or set device="cpu".')
+    return value
+
+
 def decide(device: torch.device | str, amp: bool = True, channels_last: bool = True, compile: bool = False, *,
-           capability: tuple[int, int] | None = None, cpu_flags: set[str] | None = None) -> ExecutionPlan:
+           capability: tuple[int, int] | None = None, cpu_flags: set[str] | None = None,
+           emulate: str | None = None) -> ExecutionPlan:
     """The precision, layout and compilation for `device`; `amp`/`channels_last`/`compile` are permissions.
 
     `capability` (CUDA) and `cpu_flags` (CPU) mock the hardware; None asks torch / /proc/cpuinfo
-    (for CUDA that also runs check_device, so a missing or unsupported GPU raises DeviceError)."""
+    (for CUDA that also runs check_device, so a missing or unsupported GPU raises DeviceError).
+    `emulate` (default: $CIFAR10_EMULATE; "" for none) makes a CPU's plan the one a device class of EMULATED gets,
+    decided from that class's facts and executed on the CPU."""
     device = torch.device(device)
+    emulated = emulated_device(device, emulate)
+    if emulated is not None:
+        label, emulated_capability = EMULATED[emulated]
+        gpu = decide("cuda", amp, channels_last, compile, capability=emulated_capability, emulate="")
+        reason = f"emulated {label} plan: " + gpu.reason.split(": ", 1)[1] + ", executed on cpu"
+        return replace(gpu, device=device, reason=reason.replace("GradScaler", "GradScaler + fused SGD", 1)
+                       if gpu.fused_optimizer else reason)
     kind = device.type
     dtype: torch.dtype | None = None
     nhwc = False
@@ -306,7 +347,7 @@ def decide(device: torch.device | str, amp: bool = True, channels_last: bool = T
     if compile and not compiled:
         reason += f"; compile=True ignored: {no_compile}"
     return ExecutionPlan(device=device, dtype=dtype, channels_last=nhwc, grad_scaler=scaler, compile=compiled,
-                     reason=reason)
+                         reason=reason, fused_optimizer=scaler and kind == "cuda")
 
 
 def device_name(device: torch.device | str) -> str:

@@ -61,6 +61,8 @@ def predict_log_probs(model: nn.Module, loader: DeviceLoader, tta: str | bool = 
                    plan: ExecutionPlan | None = None) -> torch.Tensor:
     """Class log-probabilities (N, C) for every image of `loader`, in order, as a float32 tensor on its device."""
     plan = plan or decide(loader.device, amp=False, channels_last=False)
+    if plan.channels_last:        # the model in the layout of its input batches (a member loaded contiguous, say)
+        model.to(memory_format=torch.channels_last)
     mode = tta_mode(tta)
     black = -loader.mean / loader.std
     was_training = model.training
@@ -137,7 +139,6 @@ def evaluate_checkpoint(path, cfg: Config, splits: Splits, plan: ExecutionPlan) 
     """A trained model's headline numbers: clean validation accuracy (None without a split), test accuracy with
     the profile's TTA and without, and the mean accuracy under corruptions (utils.corruptions)."""
     model, ckpt = load_trained_model(path, plan.device)
-    model.to(memory_format=plan.memory_format())
     norm = ckpt["normalization"]
 
     def acc(images: np.ndarray, labels: np.ndarray, tta: str = "none") -> float:

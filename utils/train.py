@@ -267,14 +267,52 @@ def build_run(cfg: Config, splits: Splits, plan: ExecutionPlan) -> Run:
     monitor_loader = (None if cfg.has_validation else
                       DeviceLoader(splits.test_images, splits.test_labels, splits.mean, splits.std,
                                    cfg.eval_batch_size, train=False, **loader_kw))
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay, **plan.optimizer_kwargs())
+    optimizer = make_optimizer(model, cfg, plan)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
                                                     steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
     return Run(cfg, splits, plan, model, torch.compile(model) if plan.compile else model, optimizer,
                scheduler, plan.make_scaler(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), make_mixer(cfg), train_loader, val_loader,
                monitor_loader, member, seed)
+
+
+def make_optimizer(model: nn.Module, cfg: Config, plan: ExecutionPlan) -> torch.optim.SGD:
+    """The recipe's SGD with the plan's kernel (fused on a GPU's GradScaler path), its momentum buffers made at once."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay, **plan.optimizer_kwargs())
+    _momentum_buffers_exist(optimizer)
+    return optimizer
+
+
+def _momentum_buffers_exist(optimizer: torch.optim.Optimizer) -> None:
+    """A zero momentum buffer, in its parameter's layout, for every parameter that has none. Fused SGD makes missing
+    buffers with `empty_like` on its first step, and when the GradScaler skips that step (found_inf) the kernel
+    returns before writing them: uninitialised memory. With dampening 0 a zero buffer gives the first step SGD
+    takes without one (buf = momentum * 0 + grad), bit for bit."""
+    for group in optimizer.param_groups:
+        if not group["momentum"]:
+            continue
+        for p in group["params"]:
+            if optimizer.state[p].get("momentum_buffer") is None:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """A saved optimizer state, continued under the plan this optimizer was built for: its values (momentum) come
+    from `saved`, its kernel and layout from the plan. `Optimizer.load_state_dict` alone would put back the saved
+    kernel flags, and a run may change plans between sessions (a CPU's last.pt resumed on a T4, and back): a fused
+    optimizer given `fused=None` fails under a GradScaler ("Expected grad_scale and found_inf to be None"), and a
+    saved `fused=True` walks momentum buffers of another layout as raw memory. So the flags stay the plan's, and
+    each momentum buffer is copied into its parameter's layout (channels_last or contiguous)."""
+    kernel = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flags in zip(optimizer.param_groups, kernel):
+        group.update(flags)
+        for p in group["params"]:
+            buffer = optimizer.state[p].get("momentum_buffer")
+            if buffer is not None and buffer.stride() != p.stride():
+                optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buffer)
+    _momentum_buffers_exist(optimizer)
 
 
 def check_resumable(ckpt: dict[str, Any], cfg: Config, member: int, path: Path) -> None:
@@ -296,7 +334,7 @@ def restore(run: Run, log: Callable[[str], None]) -> State:
     ckpt = load_checkpoint(last_path)
     check_resumable(ckpt, run.cfg, run.member, last_path)
     load_state_checked(run.model, ckpt["model"], str(last_path))
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(run.optimizer, ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.ema is not None and ckpt.get("ema") is not None:
         run.ema.load_state_dict(ckpt["ema"])
@@ -373,8 +411,15 @@ def wall_time_estimate(cfg: Config, device: torch.device, steps_per_epoch: int, 
 def train_batch(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of a run on one batch: MixUp/CutMix where on, `update_weights`, the schedule, the EMA.
     Returns the loss, the logits and the (possibly soft) targets, all still on the device."""
-    x, target = run.mixer(x, y) if run.mixer is not None else (x, y)
-    loss, logits = update_weights(run.step_model, x, target, run.optimizer, run.criterion, run.plan, run.scaler)
+    if run.mixer is not None:       # torchvision's MixUp rolls the batch: its output is NCHW whatever came in
+        x, target = run.mixer(x, y)
+        x = x.contiguous(memory_format=run.plan.memory_format())
+    else:
+        target = y
+    # A compiled model is traced for the full batch; the epoch's last, partial batch runs eagerly (same weights)
+    # instead of making torch.compile trace a second graph.
+    model = run.step_model if len(y) == run.cfg.batch_size else run.model
+    loss, logits = update_weights(model, x, target, run.optimizer, run.criterion, run.plan, run.scaler)
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.model)
