@@ -6,35 +6,42 @@ spec's own overrides win over this script's flags):
   probe     (benchmarks/probe.py) time a few training steps of each profile (10 warm-up + 20 timed on a GPU, 1 + 2
             elsewhere) and estimate its run; on CUDA count the host syncs of a few steps; --compile-probe also times
             torch.compile (default, max-autotune);
-  plan      with --time-budget-s, keep the runs that fit, in the order given; the others are listed as skipped;
+  plan      keep the runs whose estimates fit --time-budget-s (default DEFAULT_TIME_BUDGET_S, counted from the
+            start of this call), in the order given; the others are listed as skipped;
   train     utils.train.fit, checkpoints in --run-root/<spec>/, resumed from last.pt (a finished run is only
             re-evaluated); --parallel runs every profile in its own process on the same GPU at once (a 5M-parameter
             model at batch 128 leaves an H100 idle between kernels), and marks their rows shared_gpu;
   evaluate  best.pt: clean validation, the labeled test set with and without the profile's TTA, and the mean
             accuracy under utils.corruptions (on the profile's corruption_images);
-  write     --out gets results.json (every number), results.md (the README's results rows), history-<spec>.csv and
-            reproduce.log; last, benchmarks/bench_train.py runs on the same device and its JSON goes under "bench".
+  write     --out gets OUT_FILES, whatever the number of profiles: results.json (every number), results.md (the
+            README's results rows), histories.csv (every run's history, a `profile` column first) and reproduce.log;
+            last, benchmarks/bench_train.py runs on the same device, within the budget left, and its JSON goes
+            under "bench".
 
-Why: GPU time is scarce (minutes now and then, on a bare machine without network, and only a few small files come
-back), so the whole evidence comes from ONE prepared call, and whatever is finished is on disk at every moment:
-results and histories are rewritten whole (utils.files) after every epoch and every run, the log is flushed line by
-line, and checkpoints stay in --run-root. A timeout or a kill loses the epoch in progress; the same call resumes.
+Why: GPU time is scarce (a loan is one short command on a bare machine, and only a few small files come back:
+docs/reproduction.md#the-gpu-evidence-in-one-call), so the whole evidence comes from ONE prepared call, planned to
+fit by default, and whatever is finished is on disk at every moment: results.json, results.md and histories.csv are
+rewritten whole (utils.files), by this process alone, after every epoch and every run (every 2 s with --parallel),
+and the log is flushed line by line. A timeout or a kill loses the epoch in progress. Checkpoints stay in
+--run-root: a rerun on the same machine resumes from them, but they never come back from a GPU loan, and the next
+loan starts bare.
 
-The GPU command docs/reproduction.md quotes (first copy ../shared/data/cifar10-jpg.tar.gz and make_cifar10.py
-into .device/, which git ignores):
+A killed call ends its children: SIGTERM (or Ctrl-C) stops the --parallel runs and the bench (its own process
+group) before this process exits with 143 (130); each run process also watches this one (utils.members'
+end_with_launcher, --_launcher-pid) and ends itself within about a second once it is gone, SIGKILL included.
 
-    mkdir -p $OUT/reproduce && PYTHONUNBUFFERED=1 python .device/make_cifar10.py .device/data && \\
-    CIFAR10_DIR=.device/data python benchmarks/reproduce.py --profiles paper fast --device cuda --parallel \\
-        --out $OUT/reproduce --run-root .device/runs 2>&1 | tee $OUT/reproduce/console.log
-
-At test scale on a CPU: add `--device cpu --subset-per-class 20 --epochs 1` (tests/test_reproduce.py).
+The GPU command, and how to run it in one device call: docs/reproduction.md#the-gpu-evidence-in-one-call. At test
+scale on a CPU: add `--device cpu --subset-per-class 20 --epochs 1` (tests/test_reproduce.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -54,12 +61,36 @@ from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
 from utils.device import device_name, resolve_device  # noqa: E402
 from utils.evaluate import evaluate_checkpoint  # noqa: E402
 from utils.files import write_json, write_text  # noqa: E402
+from utils.members import end_with_launcher  # noqa: E402
 from utils.train import fit  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+\d+\s+train loss")      # utils.train.epoch_line: fit logs one per epoch
 ROW_FILE = "reproduce-row.json"          # a run's row beside its checkpoints, rewritten every epoch
 BENCH_CPU = "--train-images 256 --batch-size 16 --warmup 1 --steps 2 --eval-warmup 1 --eval-steps 1 --workers 0"
 EVAL_FIELDS = ("val_acc", "test_acc", "test_acc_no_tta", "mean_corruption_acc", "eval_seconds")
+# The GPU command runs with timeout_s 540 (docs/reproduction.md); the other 90 s cover laying out the data, Python's
+# start and estimates that fall short.
+DEFAULT_TIME_BUDGET_S = 450.0
+OUT_FILES = ("results.json", "results.md", "histories.csv", "reproduce.log")   # all that --out gets
+
+
+class Terminated(SystemExit):
+    """SIGTERM reached this call: raised in the main thread, so every `finally` runs and the children end too."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated(128 + signum)
+
+
+def budget_seconds(text: str) -> float:
+    """--time-budget-s: seconds > 0, or inf (plan no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:                    # also NaN
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (or inf: no limit), not {text!r}")
+    return value
 
 
 def make_log(path: Path | None):
@@ -101,8 +132,9 @@ def training_numbers(hist: pd.DataFrame, n_train: int) -> dict:
             "images_per_second": n_train * len(hist) / train_seconds if train_seconds else None}
 
 
-def train_and_evaluate(spec: str, cfg: Config, data, out: Path, shared: bool, say, refresh=lambda: None) -> dict:
-    """fit (resuming), then evaluate best.pt; the run's row and history reach disk before each epoch line."""
+def train_and_evaluate(spec: str, cfg: Config, data, shared: bool, say, refresh=lambda: None) -> dict:
+    """fit (resuming), then evaluate best.pt; the run's row (and, through `refresh`, --out) reach disk before each
+    epoch line."""
     plan, splits = plan_of(cfg), prepare_splits(cfg, data)
     n_test, row_file, history = len(splits.test_labels), cfg.run_path / ROW_FILE, cfg.run_path / "history.csv"
     before = json.loads(row_file.read_text()) if row_file.is_file() else {}      # an earlier call's row
@@ -115,8 +147,6 @@ def train_and_evaluate(spec: str, cfg: Config, data, out: Path, shared: bool, sa
 
     def publish(status: str, **extra) -> dict:
         hist = pd.read_csv(history) if history.is_file() else pd.DataFrame({"seconds": [], "val_acc": []})
-        if history.is_file():
-            write_text(out / f"history-{slug(spec)}.csv", history.read_text(), "training history")
         # shared_gpu: some epochs of the history were timed beside another run (in this call or an earlier one)
         row = {**base, "status": status, "shared_gpu": shared_before or (shared and len(hist) > epochs_before),
                **training_numbers(hist, base["train_images"]), **extra}
@@ -145,32 +175,61 @@ def train_and_evaluate(spec: str, cfg: Config, data, out: Path, shared: bool, sa
     return row
 
 
+def end_processes(procs, log, group: bool = False) -> None:
+    """SIGTERM each process still running (its whole process group with `group`), SIGKILL what is left after 5 s."""
+    alive = [p for p in procs if p.poll() is None]
+
+    def send(proc: subprocess.Popen, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+
+    for proc in alive:
+        send(proc, signal.SIGTERM)
+    for proc in alive:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            send(proc, signal.SIGKILL)
+            proc.wait()
+    if alive:
+        log(f"reproduce: ended {len(alive)} child process(es): pid {', '.join(str(p.pid) for p in alive)}")
+
+
 def run_children(specs: list[str], argv: list[str], configs: dict, log, refresh) -> None:
     """Every spec in its own process (this script with --_child), all at once, their lines relayed with a prefix;
-    results.json is refreshed from their rows every 2 s."""
+    --out is refreshed from their rows and histories every 2 s. However this ends (SIGTERM, Ctrl-C, an error),
+    the processes still running are ended before it returns."""
     flags = [a for a in argv if a != "--parallel"] + (["--_shared"] if len(specs) > 1 else [])
-    procs = {spec: subprocess.Popen([sys.executable, __file__, *flags, "--_child", spec], stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-             for spec in specs}
+    flags += ["--_launcher-pid", str(os.getpid())]
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for spec in specs:
+            procs[spec] = subprocess.Popen([sys.executable, __file__, *flags, "--_child", spec], text=True,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    def relay(spec: str, stream) -> None:
-        for line in stream:
-            log(f"[{spec}] {line.rstrip()}")
+        def relay(spec: str, stream) -> None:
+            for line in stream:
+                log(f"[{spec}] {line.rstrip()}")
 
-    relays = [threading.Thread(target=relay, args=(spec, proc.stdout)) for spec, proc in procs.items()]
-    for thread in relays:
-        thread.start()
-    while any(p.poll() is None for p in procs.values()):
-        refresh()
-        time.sleep(2)
-    for thread in relays:
-        thread.join()
+        relays = [threading.Thread(target=relay, args=(spec, proc.stdout), daemon=True)
+                  for spec, proc in procs.items()]
+        for thread in relays:
+            thread.start()
+        while any(p.poll() is None for p in procs.values()):
+            refresh()
+            time.sleep(2)
+        for thread in relays:
+            thread.join()
+    finally:
+        end_processes(procs.values(), log)
     for spec, proc in procs.items():
         row_file = configs[spec].run_path / ROW_FILE
         row = json.loads(row_file.read_text()) if row_file.is_file() else {"profile": spec}
         if proc.returncode and row.get("status") != "done":
             log(f"[{spec}] its process exited with status {proc.returncode}")
             write_json(row_file, {**row, "status": "failed", "error": f"exit status {proc.returncode}"})
+    refresh()
 
 
 # --- write ------------------------------------------------------------------------------------------------------
@@ -196,64 +255,87 @@ def markdown(runs: list[dict], skipped: list[dict]) -> str:
 
 
 def write_outputs(out: Path, state: dict, configs: dict, since: float) -> None:
-    """results.json and results.md from the rows this call has written so far (each file replaced whole)."""
-    rows = [configs[s].run_path / ROW_FILE for s in state["probe"]["planned"]]
-    runs = [json.loads(p.read_text()) for p in rows if p.is_file() and p.stat().st_mtime >= since]
+    """results.json, results.md and histories.csv from the rows this call has written so far and their runs'
+    history.csv (each file replaced whole; histories.csv once a run has one)."""
+    planned = [s for s in state["probe"]["planned"]
+               if (configs[s].run_path / ROW_FILE).is_file()
+               and (configs[s].run_path / ROW_FILE).stat().st_mtime >= since]
+    runs = [json.loads((configs[s].run_path / ROW_FILE).read_text()) for s in planned]
     write_json(out / "results.json", {"runs": runs, **state})
     write_text(out / "results.md", markdown(runs, state["skipped"]), "results table")
+    histories = [pd.read_csv(path).assign(profile=spec) for spec in planned
+                 if (path := configs[spec].run_path / "history.csv").is_file()]
+    if histories:
+        table = pd.concat(histories, ignore_index=True)
+        write_text(out / "histories.csv", table[["profile", *table.columns.drop("profile")]].to_csv(index=False),
+                   "training histories")
 
 
-def bench(device: torch.device, args: argparse.Namespace, log) -> dict:
+def bench(device: torch.device, args: argparse.Namespace, log, seconds_left: float) -> dict:
+    """benchmarks/bench_train.py in its own process group (it starts a process per pipeline), stopped with all of
+    them once `seconds_left` have passed, or when this call ends first (SIGTERM, Ctrl-C)."""
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_train.py"), "--device", str(device)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += BENCH_CPU.split() if device.type == "cpu" else []          # seconds, not minutes, on a CPU
     log("bench: " + " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=None if math.isinf(seconds_left) else seconds_left)
+    except subprocess.TimeoutExpired:
+        end_processes([proc], log, group=True)
+        stdout, stderr = proc.communicate()
+        log(f"[bench] stopped: the {seconds_left:.0f} s left of --time-budget-s ran out")
+        return {"error": f"stopped after {seconds_left:.0f} s: the time budget ran out", "stderr_tail": stderr[-2000:]}
+    finally:
+        end_processes([proc], log, group=True)        # a no-op once it has exited
+    lines = stdout.strip().splitlines()
     for line in lines[:-1]:
         log(f"[bench] {line}")
     try:
-        if done.returncode:
-            raise ValueError(f"exit status {done.returncode}")
+        if proc.returncode:
+            raise ValueError(f"exit status {proc.returncode}")
         return json.loads(lines[-1])                  # its last stdout line is one JSON object
     except (IndexError, ValueError) as exc:
-        log(f"[bench] failed ({exc}): {done.stderr.strip()[-2000:]}")
-        return {"error": str(exc), "stderr_tail": done.stderr[-2000:]}
+        log(f"[bench] failed ({exc}): {stderr.strip()[-2000:]}")
+        return {"error": str(exc), "stderr_tail": stderr[-2000:]}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profiles", nargs="+", default=["paper", "fast"], help="name or name:field=value,field=value")
-    p.add_argument("--out", required=True, help="small files only: results.json/.md, histories, the log")
+    p.add_argument("--out", required=True, help="small files only: " + ", ".join(OUT_FILES))
     p.add_argument("--run-root", default=str(REPO_ROOT / "runs" / "reproduce"), help="checkpoints: RUN_ROOT/<spec>/")
     p.add_argument("--device", default="auto")
     p.add_argument("--subset-per-class", type=int, help="training images per class (default: the profile's; 0: all)")
     p.add_argument("--epochs", type=int, help="default: the profile's")
     p.add_argument("--data-dir", help="default: $CIFAR10_DIR, ./data, Kaggle's input")
     p.add_argument("--parallel", action="store_true", help="every profile in its own process, all at once")
-    p.add_argument("--time-budget-s", type=float, help="run only the profiles whose estimates fit, in order")
+    p.add_argument("--time-budget-s", type=budget_seconds, default=DEFAULT_TIME_BUDGET_S,
+                   help="run only the profiles whose estimates fit, in order, counted from this call's start, and the "
+                        "bench in what is left (default %(default)g s: one GPU-loan command; inf: no limit)")
     p.add_argument("--compile-probe", action="store_true", help="also time steps under torch.compile (CUDA)")
     p.add_argument("--no-bench", action="store_true", help="skip benchmarks/bench_train.py at the end")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_shared", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_launcher-pid", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     configs = {spec: spec_config(spec, args) for spec in args.profiles}   # a bad spec fails before any work
     if len({slug(s) for s in args.profiles}) < len(args.profiles):
         p.error("two --profiles specs name the same run folder")
     out = Path(args.out).resolve()
-    if args._child:                       # one run of a --parallel call; it stops at its next epoch if orphaned
-        caller = os.getppid()
-
-        def say(line: str) -> None:
-            if os.getppid() != caller:
-                raise SystemExit("the calling reproduce.py is gone: stopping")
-            print(line, flush=True)
-        train_and_evaluate(args._child, configs[args._child], load_cifar10(args.data_dir), out, args._shared, say)
+    if args._child:                       # one run of a --parallel call; it ends itself once its caller is gone
+        end_with_launcher(args._launcher_pid)
+        print(f"pid {os.getpid()}, ends itself once reproduce.py pid {args._launcher_pid} is gone", flush=True)
+        train_and_evaluate(args._child, configs[args._child], load_cifar10(args.data_dir), args._shared,
+                           lambda line: print(line, flush=True))
         return 0
 
     out.mkdir(parents=True, exist_ok=True)
     log, started, since = make_log(out / "reproduce.log"), time.perf_counter(), time.time()
+    budget = args.time_budget_s
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         device = resolve_device(args.device)
         log(f"reproduce.py {' '.join(argv)}\n  device {device} ({device_name(device)}), torch {torch.__version__}, "
@@ -263,9 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         probes = {spec: probe(spec, cfg, data, args.compile_probe, log) for spec, cfg in configs.items()}
         log(f"probe: estimated total {fmt_time(sum(q['estimate_s'] for q in probes.values()))} for {len(probes)} "
             "runs one after the other")
-        planned, skipped = plan_runs(args.profiles, probes, args.time_budget_s, time.perf_counter() - started, log)
-        state = {"bench": None, "probe": {"runs": probes, "budget_s": args.time_budget_s, "planned": planned},
-                 "skipped": skipped}
+        planned, skipped = plan_runs(args.profiles, probes, budget, time.perf_counter() - started, log)
+        state = {"bench": None, "probe": {"runs": probes, "budget_s": None if math.isinf(budget) else budget,
+                                          "planned": planned}, "skipped": skipped}
 
         def refresh() -> None:
             write_outputs(out, state, configs, since)
@@ -275,19 +357,26 @@ def main(argv: list[str] | None = None) -> int:
             run_children(planned, argv, configs, log, refresh)
         else:
             for spec in planned:
-                train_and_evaluate(spec, configs[spec], data, out, False, lambda line, s=spec: log(f"[{s}] {line}"),
+                train_and_evaluate(spec, configs[spec], data, False, lambda line, s=spec: log(f"[{s}] {line}"),
                                    refresh)
         # Members timing (two ensemble members training one epoch side by side on one GPU vs one alone) goes here:
         # one call whose result goes under state["members"], before the bench.
-        over_budget = args.time_budget_s is not None and time.perf_counter() - started >= args.time_budget_s
+        left = budget - (time.perf_counter() - started)
         state["bench"] = ({"skipped": "--no-bench"} if args.no_bench else
-                          {"skipped": "time budget spent"} if over_budget else bench(device, args, log))
+                          {"skipped": "time budget spent"} if left <= 0 else bench(device, args, log, left))
         refresh()
         log(f"reproduce: finished in {fmt_time(time.perf_counter() - started)}; results in {out}")
         return 0
+    except Terminated:
+        log(f"reproduce: stopped by SIGTERM after {fmt_time(time.perf_counter() - started)}; what was finished is "
+            f"in {out}")
+        raise
     except BaseException:
         log(traceback.format_exc())
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py end to end at tiny CPU scale (20 images per class, 1 epoch, 200 test images, 10 per
-corruption set): every result file and field, one log line per epoch, resuming without retraining, the time budget,
-and a kill that keeps the finished run.
+corruption set): every result file and field, the four files of --out and nothing else, one log line per epoch,
+resuming without retraining, the time budget (a default, a bad value refused), a kill that keeps the finished run,
+and a killed --parallel call (SIGTERM or SIGKILL) that leaves none of its run processes behind.
 
 Each call runs in a subprocess that cannot import what the GPU machine lacks (papermill, torchinfo, Jupyter: a
 `sitecustomize` on PYTHONPATH refuses them, also in the --parallel children and the bench), with one torch thread:
@@ -9,6 +10,7 @@ on 2 cores shared with other jobs, two threads per process made the corruption p
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from benchmarks.reproduce import DEFAULT_TIME_BUDGET_S, OUT_FILES, budget_seconds, main, markdown, training_numbers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "reproduce.py"
@@ -78,6 +82,10 @@ def test_tiny_run_writes_every_result_then_resumes_without_retraining(tmp_path, 
     results = json.loads((out / "results.json").read_text())
     rows = {r["profile"]: r for r in results["runs"]}
     assert list(rows) == [PAPER, FAST_NO_VAL]
+    assert sorted(p.name for p in out.rglob("*")) == sorted(OUT_FILES)      # a GPU loan returns at most 8 files
+    assert results["probe"]["budget_s"] == DEFAULT_TIME_BUDGET_S           # planned to a budget by default
+    histories = pd.read_csv(out / "histories.csv")
+    assert histories.columns[0] == "profile" and set(histories["profile"]) == set(rows)
     for row in rows.values():
         assert row["status"] == "done", row.get("error")
         for name, kind in RUN_FIELDS.items():
@@ -87,7 +95,7 @@ def test_tiny_run_writes_every_result_then_resumes_without_retraining(tmp_path, 
         assert 0 <= row["test_acc"] <= 1 and 0 <= row["mean_corruption_acc"] <= 1
         assert (row["test_images"], row["corruption_images"]) == (200, 10)
         assert row["images_per_second"] == pytest.approx(row["train_images"] / row["train_seconds"])
-        history = pd.read_csv(out / f"history-{slug(row['profile'])}.csv")
+        history = histories[histories["profile"] == row["profile"]]
         assert len(history) == 1 and row["train_seconds"] == pytest.approx(history["seconds"].sum())
     assert isinstance(rows[PAPER]["best_val_acc"], float) and isinstance(rows[PAPER]["val_acc"], float)
     assert rows[FAST_NO_VAL]["best_val_acc"] is None and rows[FAST_NO_VAL]["val_acc"] is None
@@ -125,7 +133,7 @@ def test_time_budget_skips_runs_that_do_not_fit_and_says_so(tmp_path, env, cifar
     assert results["runs"] == [] and results["probe"]["planned"] == []
     assert [s["profile"] for s in results["skipped"]] == [PAPER] and results["skipped"][0]["estimate_s"] > 0
     assert f"Skipped: `{PAPER}`" in (out / "results.md").read_text()
-    assert not list(runs.rglob("last.pt")) and not list(out.glob("history-*.csv"))
+    assert not list(runs.rglob("last.pt")) and not (out / "histories.csv").exists()
 
 
 @pytest.mark.slow
@@ -133,6 +141,7 @@ def test_a_kill_while_the_second_run_trains_keeps_the_first_run(tmp_path, env, c
     out, runs = tmp_path / "out", tmp_path / "runs"
     slow = f"fast:epochs=50,{SMALL_EVAL}"                  # long enough to be killed mid-training
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--profiles", PAPER, slow, *TINY, "--no-bench",
+                             "--time-budget-s", "inf",                  # a slow CPU must not plan the second run away
                              "--data-dir", str(cifar_dir), "--out", str(out), "--run-root", str(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=env)
     watchdog = threading.Timer(240, proc.kill)
@@ -153,14 +162,12 @@ def test_a_kill_while_the_second_run_trains_keeps_the_first_run(tmp_path, env, c
     first, second = results["runs"]
     assert first["profile"] == PAPER and first["status"] == "done" and isinstance(first["test_acc"], float)
     assert second["profile"] == slow and second["status"] == "training" and second["epochs_run"] >= 1
-    assert len(pd.read_csv(out / f"history-{slug(slow)}.csv")) >= 1
+    histories = pd.read_csv(out / "histories.csv")
+    assert (histories["profile"] == slow).sum() >= 1 and (histories["profile"] == PAPER).sum() == 1
     assert f"`{PAPER}` | " in (out / "results.md").read_text()
 
 
 def test_time_to_94_headline_comes_only_from_a_run_that_had_the_device_alone():
-    sys.path.insert(0, str(REPO_ROOT))
-    from benchmarks.reproduce import markdown, training_numbers
-
     history = pd.DataFrame({"seconds": [10.0, 10.0, 10.0], "val_acc": [0.90, 0.941, 0.95]})
     numbers = training_numbers(history, n_train=100)
     assert numbers["seconds_to_94_val"] == 20.0 and numbers["best_val_acc"] == 0.95
@@ -175,7 +182,6 @@ def test_time_to_94_headline_comes_only_from_a_run_that_had_the_device_alone():
 
 
 def test_the_plan_keeps_the_runs_that_fit_in_the_order_given():
-    sys.path.insert(0, str(REPO_ROOT))
     from benchmarks.probe import plan_runs
 
     lines = []
@@ -184,3 +190,126 @@ def test_the_plan_keeps_the_runs_that_fit_in_the_order_given():
     assert keep == ["a", "c"] and [s["profile"] for s in skipped] == ["b"]
     assert "does not fit the 20 s left" in skipped[0]["reason"] and lines[1].startswith("plan: skip b")
     assert plan_runs(["a", "b"], probes, budget=None, elapsed=1e9, log=lines.append) == (["a", "b"], [])
+
+
+@pytest.mark.parametrize("value", ["0", "-30", "nan", "soon"])
+def test_a_time_budget_that_is_not_positive_is_refused_naming_the_flag(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as refused:
+        main(["--out", str(tmp_path / "out"), "--time-budget-s", value])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "--time-budget-s" in err and "must be a positive number of seconds" in err and repr(value) in err
+    assert not (tmp_path / "out").exists()                    # refused before any work
+
+
+def test_a_positive_or_infinite_time_budget_is_taken():
+    assert budget_seconds("90") == 90.0 and budget_seconds("0.5") == 0.5 and budget_seconds("inf") == math.inf
+
+
+# --- a killed --parallel call ------------------------------------------------------------------------------------
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields from the state on (state, ppid, ..., start time at [19]); None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children_of(parent: int) -> dict[int, str]:
+    """pid -> start time of the processes whose parent is `parent`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := proc_stat(int(entry.name))) and stat[1] == str(parent):
+            found[int(entry.name)] = stat[19]
+    return found
+
+
+def running(pid: int, start: str) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat[19] == start and stat[0] not in ("Z", "X")   # a zombie has ended
+
+
+def gone_within(processes: dict[int, str], seconds: float) -> list[int]:
+    """Wait until none of `processes` (pid -> start time) runs, `seconds` at most; those still running."""
+    since = time.perf_counter()
+    while any(running(*p) for p in processes.items()) and time.perf_counter() - since < seconds:
+        time.sleep(0.05)
+    print(f"run processes gone after {time.perf_counter() - since:.2f} s")
+    return [pid for pid, start in processes.items() if running(pid, start)]
+
+
+def end_all(processes: dict[int, str]) -> None:
+    """Whatever a test found, it leaves nothing running."""
+    for pid, start in processes.items():
+        if running(pid, start):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_sigterm_to_a_parallel_call_ends_its_run_processes(tmp_path, env, cifar_dir):
+    """SIGTERM reproduce.py once both --parallel runs are training (their next line, and with it the broken pipe
+    that would end them, is steps away: longer than the 3 s waited): within 3 s neither run process is left, and
+    the call said it ended them."""
+    specs = [f"paper:batch_size=32,{SMALL_EVAL}", f"fast:batch_size=32,{SMALL_EVAL}"]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--profiles", *specs, "--parallel", "--no-bench",
+                             "--device", "cpu", "--subset-per-class", "100", "--epochs", "1",
+                             "--data-dir", str(cifar_dir), "--out", str(tmp_path / "out"),
+                             "--run-root", str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=env)
+    watchdog = threading.Timer(240, proc.kill)
+    watchdog.start()
+    children, seen, left = {}, [], []
+    try:
+        training = set()
+        for line in proc.stdout:
+            seen.append(line)
+            if match := re.match(r"^\[(.+?)\] Training ", line):
+                training.add(match[1])
+            if training == set(specs):
+                break
+        children = children_of(proc.pid)
+        assert len(children) == 2, "".join(seen)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        left = gone_within(children, 3.0)
+        seen.append(proc.stdout.read())
+        proc.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        end_all(children)
+    assert not left, f"still running 3 s after SIGTERM to reproduce.py: {left}"
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen)[-3000:]
+    log = (tmp_path / "out" / "reproduce.log").read_text()
+    assert "reproduce: ended 2 child process(es)" in log and "reproduce: stopped by SIGTERM" in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_run_process_ends_itself_once_its_caller_is_killed(tmp_path, env, cifar_dir):
+    """A --parallel run process whose caller dies by SIGKILL (no cleanup runs) ends itself within 3 s. A shell
+    stands in for the caller: the run's output goes straight to this test, so no broken pipe can end it instead."""
+    spec = f"paper:batch_size=32,{SMALL_EVAL}"
+    launcher = subprocess.Popen(
+        ["sh", "-c", '"$@" --_launcher-pid $$ & wait', "sh", sys.executable, str(SCRIPT), "--profiles", spec,
+         "--device", "cpu", "--subset-per-class", "100", "--epochs", "1", "--data-dir", str(cifar_dir),
+         "--out", str(tmp_path / "out"), "--run-root", str(tmp_path / "runs"), "--_child", spec],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=env)
+    watchdog = threading.Timer(120, launcher.kill)
+    watchdog.start()
+    children, seen, left = {}, [], []
+    try:
+        for line in launcher.stdout:
+            seen.append(line)
+            if f"ends itself once reproduce.py pid {launcher.pid} is gone" in line:
+                break
+        children = children_of(launcher.pid)
+        assert len(children) == 1, "".join(seen)[-3000:]
+        launcher.kill()
+        launcher.wait(timeout=30)
+        left = gone_within(children, 3.0)
+    finally:
+        watchdog.cancel()
+        launcher.kill()
+        end_all(children)
+    assert not left, f"still running 3 s after its caller was killed: {left}"
