@@ -313,8 +313,8 @@ def restore(run: Run, log: Callable[[str], None]) -> State:
 # The phases of an epoch
 # --------------------------------------------------------------------------------------------
 def _bar(iterable, progress: bool, **kwargs):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, disable=not progress, **kwargs)
+    from .progress import bar  # widget bars where they render, text bars on Kaggle
+    return bar(iterable, progress, **kwargs)
 
 
 def cpu_time_estimate(run: Run, seconds_per_step: float, epochs_left: int) -> str:
