@@ -13,9 +13,18 @@ any Config field may be set, whether or not a notebook's `parameters` cell decla
 configuration is validated, the device checked and the output folders probed before notebook 01
 starts: a bad value fails in seconds with exit code 2. Executed copies go to runs/<profile>/ (or
 --out) under the same file names, with one text line per training epoch instead of progress bars.
-The first notebook that fails stops the run with exit code 1, naming the notebook, the cell and the
-error; its executed copy, traceback included, is kept. Ctrl-C stops with exit code 130; the
-checkpoints are whole, and the same command resumes training where it stopped.
+
+What the notebooks print is shown while they run (a Colab or Kaggle cell that runs this command is
+the only place a student looks during a run of hours): each notebook's start and end, the platform
+line, every epoch line, the projected wall time and the Kaggle verdict, refusals with their fix.
+`--quiet` shows papermill's cell bar instead; the executed copies keep everything either way.
+
+A run split over sessions (`-p max_epochs_this_call N`) pauses: when notebook 03 has trained its
+epochs and a member's schedule is not done, the run stops after 03 with exit code 0 and one line
+(epoch k of N, what to run next); 04 and 05 run once training has finished. The first notebook that
+fails stops the run with exit code 1, naming the notebook, the cell and the error; its executed copy,
+traceback included, is kept. Ctrl-C stops with exit code 130; the checkpoints are whole, and the
+same command resumes training where it stopped.
 """
 from __future__ import annotations
 
@@ -133,7 +142,17 @@ def quiet_kernels(log_path: Path):
     return QuietKernelManager
 
 
-def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, log_output: bool = False) -> int:
+def paused(cfg: Config) -> str | None:
+    """After notebook 03: None when every member it trains has finished; else the line that ends the run."""
+    from utils.members import unfinished_note
+    note = unfinished_note(cfg)
+    if note is None:
+        return None
+    return (f"run.py: paused after {NOTEBOOKS[2]}: {note}. {NOTEBOOKS[3]} and {NOTEBOOKS[4]} run once training "
+            f"has finished. Next: {platforms.how_to_continue()}")
+
+
+def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, quiet: bool = False) -> int:
     cfg, params = check_run(profile, parse_overrides(overrides))
     check_kernel()
     import papermill as pm
@@ -160,8 +179,9 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, l
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(NOTEBOOK_DIR / nb), str(output), parameters=params, kernel_name=KERNEL,
-                                cwd=str(NOTEBOOK_DIR), progress_bar=True, log_output=log_output,
-                                kernel_manager_class=kernel_manager)
+                                cwd=str(NOTEBOOK_DIR), progress_bar=quiet, kernel_manager_class=kernel_manager,
+                                stdout_file=None if quiet else sys.stdout,   # what cells print, as they print it
+                                stderr_file=None if quiet else sys.stderr)
         except KeyboardInterrupt:
             print(f"\nrun.py: interrupted during {nb}. Checkpoints in {cfg.run_path} are whole; run the same "
                   "command again to resume (03_train continues from last.pt).", file=sys.stderr)
@@ -178,6 +198,10 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, l
             return 1
         timings.append((nb, time.perf_counter() - start))
         print(f"[{i}/{len(NOTEBOOKS)}] {nb} done in {timings[-1][1]:.0f} s", flush=True)
+        pause = paused(cfg) if nb == NOTEBOOKS[2] else None
+        if pause:
+            print(f"\n{pause}", flush=True)
+            return 0
 
     print(f"\nAll {len(NOTEBOOKS)} notebooks ran (profile {profile}):")
     for nb, seconds in timings:
@@ -193,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter (VALUE parsed as YAML); repeatable")
     parser.add_argument("--list", action="store_true", help="list the profiles and exit")
     parser.add_argument("--out", type=Path, help="folder for the executed notebooks; default runs/<profile>/")
-    parser.add_argument("--log-output", action="store_true", help="echo the notebooks' output (training lines too)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="show papermill's cell bar instead of what the notebooks print (epoch lines, estimates)")
     args = parser.parse_args(argv)
 
     if args.list:
@@ -208,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: no profile '{profile}'; available: {', '.join(available_profiles())}", file=sys.stderr)
         return 2
     try:
-        return run(profile, args.parameter, out_dir=args.out, log_output=args.log_output)
+        return run(profile, args.parameter, out_dir=args.out, quiet=args.quiet)
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2

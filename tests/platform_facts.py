@@ -22,6 +22,8 @@ Sources:
   (`ipykernel.zmqshell.ZMQInteractiveShell`): kagglehub f81f26f tells Colab from Kaggle by the shell alone.
 - Packages: `packaging` 26.3 in Colab's runtime list (googlecolab/backend-info, pip-freeze.gpu.txt), hence in
   Kaggle's image built FROM it (.ci/twins/colab.txt and kaggle.txt pin it from those lists).
+- Widgets: Kaggle's front end shows a tqdm.auto bar as "Loading widget..." (Kaggle/docker-python#1443, open since
+  2024-11-23); Colab's image pins ipywidgets 7.7.1 (googlecolab/backend-info, pip-freeze.gpu.txt).
 - kagglehub's cache (Kaggle/kagglehub, src/kagglehub/config.py: DEFAULT_CACHE_FOLDER = ~/.cache/kagglehub,
   overridden by $KAGGLEHUB_CACHE; src/kagglehub/cache.py, _get_competition_path: <cache>/competitions/<slug>):
   where `kagglehub.competition_download(slug)` puts the competition's files on Colab.
@@ -56,6 +58,9 @@ class Platform:
     repo_copy_dir: str | None = None
     packages: dict[str, str] = field(default_factory=dict)   # published versions this project relies on
     kagglehub_cache: str | None = None   # where kagglehub.competition_download(slug) extracts (Colab)
+    # The notebook front end renders ipywidgets (tqdm.auto's widget bars). Kaggle's does not: it shows "Loading
+    # widget..." (Kaggle/docker-python#1443, "tqdm is completely broken", open since 2024-11-23).
+    widgets_render: bool = True
 
     @property
     def shell(self) -> str:
@@ -104,6 +109,7 @@ KAGGLE = Platform(
     notebook_output_dir="/kaggle/input/notebooks/{user}/{slug}",
     repo_copy_dir="/kaggle/input/notebooks/{user}/{slug}/{repo}",
     packages=dict(COLAB.packages),   # the image is Colab's
+    widgets_render=False,            # Kaggle/docker-python#1443: widget bars show "Loading widget..."
 )
 
 KAGGLE_OLD_LAYOUT = dataclasses.replace(   # the same image; only the mount layout of older sessions differs

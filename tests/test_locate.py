@@ -12,7 +12,14 @@ from platform_facts import COLAB, COMPETITION, SHEETS
 from platform_sandbox import SLUG, USER, competition_cache, enter, fake_google_colab, isolate, real
 
 from utils import locate, platforms
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, find_checkpoint, find_run_folder
+from utils.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    continue_attached_run,
+    find_checkpoint,
+    find_run_folder,
+    progress_record,
+)
 from utils.config import load_config
 from utils.dataset import DataNotFoundError, find_data_dir, find_nolabel
 
@@ -309,3 +316,47 @@ def test_find_checkpoint_for_another_file_prefers_this_runs_copy(tmp_path):
     (cfg.run_path / "last.pt").unlink()
     with pytest.raises(CheckpointError, match="no last.pt beside the best.pt used"):
         find_checkpoint(cfg, "last.pt", log=lambda line: None)
+
+
+# --------------------------------------------------------------------------------------------
+# Kaggle's next session: the previous version's run folder, attached read-only, continued in /kaggle/working
+# --------------------------------------------------------------------------------------------
+def save_paused_run(folder: Path, profile: str = "smoke", done: int = 1, **overrides) -> Path:
+    """What a session cut by max_epochs_this_call leaves: best.pt, last.pt (epoch `done`), history.csv, member-1."""
+    cfg = load_config(profile, **overrides)
+    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": {}, "epoch": done,
+            "progress": progress_record(done, cfg.epochs, False, 0, cfg.training_seed(0))}
+    for sub in (folder, folder / "member-1"):
+        sub.mkdir(parents=True, exist_ok=True)
+        torch.save(meta, sub / locate.BEST)
+        torch.save({**meta, "history": [{"epoch": e + 1} for e in range(done)]}, sub / locate.LAST)
+    (folder / "history.csv").write_text("epoch\n1\n")
+    return folder
+
+
+def test_a_new_kaggle_session_continues_the_attached_run_copied_into_working(kaggle):
+    cfg = load_config("smoke")
+    other = save_paused_run(real(kaggle.notebook_output_dir, slug="a-first") / "runs" / "smoke" / "checkpoints",
+                            epochs=cfg.epochs + 1)           # found first by name, but another recipe
+    mine = save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints")
+    lines = []
+    assert continue_attached_run(cfg, log=lines.append) == mine
+    copied = sorted(p.relative_to(cfg.run_path) for p in cfg.run_path.rglob("*") if p.is_file())
+    assert copied == sorted(p.relative_to(mine) for p in mine.rglob("*") if p.is_file())
+    assert all((cfg.run_path / rel).read_bytes() == (mine / rel).read_bytes() for rel in copied)
+    assert lines == [f"not continued from {other / 'last.pt'}: trained with another recipe than profile 'smoke' "
+                     f"(epochs: checkpoint {cfg.epochs + 1} vs now {cfg.epochs})",
+                     f"run folder continued from an attached notebook's output: copied {mine} (read-only) into "
+                     f"{cfg.run_path}; training resumes from its last.pt (1/{cfg.epochs} epochs, NOT finished)."]
+    assert continue_attached_run(cfg, log=lines.append) is None and len(lines) == 2   # a run here: left alone
+
+
+def test_a_run_already_in_working_or_another_platform_copies_nothing(kaggle, monkeypatch):
+    cfg = load_config("smoke")
+    save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints")
+    save_paused_run(cfg.run_path / "member-1", done=2)       # only a member's last.pt here: still a run here
+    assert continue_attached_run(cfg, log=print) is None
+    assert not (cfg.run_path / "last.pt").exists()
+    monkeypatch.setenv("CIFAR10_PLATFORM", "local")
+    assert continue_attached_run(load_config("smoke", run_dir=str(platforms.REPO_ROOT / "run")), log=print) is None
+    assert not (platforms.REPO_ROOT / "run").exists()

@@ -277,14 +277,45 @@ def outputs_text(executed: Path, name: str) -> str:
 TINY_UNLABELED = 1000                # the unlabeled file's first 1,000 images (the Kaggle twin submits all 10,000)
 
 
+PAUSED = re.compile(r"^run\.py: paused after 03_train\.ipynb: member 0 at epoch 1 of (\d+) "
+                    r"\(max_epochs_this_call 1\)\. .*Next: run the same command again", re.M)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(cifar_dir, tmp_path_factory):
-    """`python run.py --profile tiny` into temporary folders; the same data for the kernels nbval starts."""
+    """`python run.py --profile tiny -p max_epochs_this_call 1` into temporary folders, twice, as a student splits a
+    run over sessions: the first call pauses after 03 (epoch 1 of 2), the same command again finishes training and
+    runs 04 and 05. The same data for the kernels nbval starts. Returns both calls and the folders."""
     folder = tmp_path_factory.mktemp("tiny")
     nolabel = first_unlabeled(cifar_dir, folder, TINY_UNLABELED)
-    done, out = run_profile("tiny", folder, cifar_dir, "-p", "nolabel_path", str(nolabel))
-    assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done, {**out, "nolabel": nolabel}
+    calls = []
+    for _ in range(2):
+        done, out = run_profile("tiny", folder, cifar_dir, "-p", "nolabel_path", str(nolabel),
+                                "-p", "max_epochs_this_call", "1")
+        assert done.returncode == 0, f"run.py failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        calls.append(done)
+    return calls, {**out, "nolabel": nolabel}
+
+
+@pytest.mark.notebooks
+def test_a_split_run_pauses_after_03_with_exit_0_then_the_same_command_finishes(tiny_run):
+    (first, second), out = tiny_run
+    assert PAUSED.search(first.stdout), first.stdout[-3000:]
+    assert "[4/5] 04_analysis.ipynb" not in first.stdout, "04 ran on an unfinished member"
+    assert not PAUSED.search(second.stdout) and "All 5 notebooks ran" in second.stdout, second.stdout[-3000:]
+    assert f"Resumed {out['run_dir'] / 'last.pt'} after epoch 1" in second.stdout
+
+
+@pytest.mark.notebooks
+def test_run_py_shows_the_epoch_lines_and_the_projected_time_while_it_runs(tiny_run):
+    """What a Colab or Kaggle cell shows of `!python run.py`: its stdout, as the notebooks print."""
+    (first, second), out = tiny_run
+    for call, epochs in ((first, [1]), (second, [2])):
+        assert [int(e) for e in EPOCH_LINE.findall(call.stdout)] == epochs, call.stdout[-3000:]
+        assert re.search(r"^Wall time on cpu, measured over its first epoch: .* per step", call.stdout, re.M)
+        assert re.search(r"^\[3/5\] 03_train\.ipynb done in \d+ s$", call.stdout, re.M)
+    assert re.search(r"^platform: local \| outputs: ", first.stdout, re.M)      # the setup cell's line
+    assert re.search(r"^submission\.csv: 1,000 rows, columns ID,Labels", second.stdout, re.M), second.stdout[-2000:]
 
 
 @pytest.mark.notebooks
@@ -319,8 +350,8 @@ def test_tiny_run_prints_the_values_it_should(tiny_run):
     assert re.search(rf"^total +50000 +10000 +{10 * (per_class - n_val)} +{10 * n_val}$", counts, re.M)
     assert "images (50000, 32, 32, 3) uint8" in counts and "images (10000, 32, 32, 3) uint8" in counts
     assert "Trainable parameters: 4,997,722" in outputs_text(out["executed"], "02_model.ipynb")
-    training = outputs_text(out["executed"], "03_train.ipynb")
-    assert [int(e) for e in EPOCH_LINE.findall(training)] == list(range(1, tiny["epochs"] + 1)), training[-2000:]
+    training = outputs_text(out["executed"], "03_train.ipynb")       # the second call: epoch 2, resumed
+    assert [int(e) for e in EPOCH_LINE.findall(training)] == [tiny["epochs"]], training[-2000:]
     analysis = outputs_text(out["executed"], "04_analysis.ipynb")
     assert f"test_batch, {tiny['test_limit']:,} images" in analysis, analysis[-2000:]
     assert f"submission.csv: {TINY_UNLABELED:,} rows, columns ID,Labels" in outputs_text(out["executed"],

@@ -3,8 +3,10 @@
 Each test reads what `.ci/twins/twin.py TWIN` did (both twins run at once: twin_runs). See twin.py's docstring: the
 platform's package versions in a venv built by .ci/twins/setup.sh, its files in a private mount namespace, its
 kernel and variables from tests/platform_facts.py, the repository cloned by the setup cell from a snapshot of this
-working tree, profile `tiny`. A test passes when its twin's every check passed; the twin's one-line summary is
-printed. A twin that cannot run here (no venv, not root, no `unshare`, no ../shared/data/make_cifar10.py) FAILS
+working tree, profile `tiny`; the Kaggle twin runs README's Kaggle cell over two sessions (a run paused by
+max_epochs_this_call, continued from the attached output). A test passes when its twin's every check passed; the
+twin's one-line summary is printed.
+A twin that cannot run here (no venv, not root, no `unshare`, no ../shared/data/make_cifar10.py) FAILS
 under CI (CI=true or CIFAR10_REQUIRE_TWINS=1, which .ci/run sets) and is skipped elsewhere, saying why.
 """
 from __future__ import annotations

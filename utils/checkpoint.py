@@ -163,6 +163,41 @@ def find_checkpoint(cfg: Config, name: str = "best.pt", log: Callable[[str], obj
     return path
 
 
+def continue_attached_run(cfg: Config, log: Callable[[str], object] = print) -> Path | None:
+    """Kaggle's next session: a new session starts with an empty /kaggle/working, and the previous session's output
+    (Save Version) comes back read-only under /kaggle/input once attached (Add Input > Your Work > that notebook).
+    When cfg.run_path holds no last.pt (its own or a member's), copy the first attached run folder with a last.pt of
+    this profile's recipe (utils.config.recipe_differences, the rule resume applies; the profile's folders first,
+    utils.locate.run_folder_candidates) into cfg.run_path, member folders included, and say which: training then
+    resumes from its last.pt and 04 / 05 read its best.pt. Every file goes through atomic_write, member 0's last.pt
+    last, so a copy cut short is redone whole next time. One of another recipe is skipped, saying why. Returns the
+    folder copied from, None when nothing was (not on Kaggle, a run here already, nothing attached)."""
+    if platforms.detect() != "kaggle" or any(cfg.run_path.rglob(locate.LAST)):
+        return None
+    for folder in locate.run_folder_candidates(cfg.run_path, cfg.profile, name=locate.LAST, platform="kaggle")[1:]:
+        last = folder / locate.LAST
+        try:
+            ckpt = load_checkpoint(last)
+        except CheckpointError as err:
+            log(f"not continued from {last}: {err}")
+            continue
+        saved = ckpt.get("config")
+        differences = recipe_differences(saved, cfg) if isinstance(saved, dict) else ["no saved config"]
+        if differences:
+            log(f"not continued from {last}: trained with another recipe than profile {cfg.profile!r} "
+                f"({'; '.join(differences)})")
+            continue
+        files = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                       key=lambda p: p == last)
+        for source in files:
+            atomic_write(cfg.run_path / source.relative_to(folder), lambda f, s=source: f.write(s.read_bytes()),
+                         what="checkpoint copied from an attached output", setting="run_dir")
+        log(f"run folder continued from an attached notebook's output: copied {folder} (read-only) into "
+            f"{cfg.run_path}; training resumes from its last.pt ({read_progress(ckpt, last).describe()}).")
+        return folder
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # How far a run got: recorded in best.pt and last.pt, read by inference (utils.ensemble)
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ DATA_ENV = "CIFAR10_DIR"
 BATCHES_SUBDIR = Path("cifar-10-python") / "cifar-10-batches-py"
 NOLABEL_FILE = "cifar_test_nolabel.pkl"
 BEST = "best.pt"
+LAST = "last.pt"                   # what training resumes from (utils.train writes it beside best.pt)
 MEMBER_PREFIX = "member-"          # member k >= 1 of an ensemble: cfg.run_path / f"member-{k}"
 DATA_SEARCH_DEPTH = 5
 NOLABEL_SEARCH_DEPTH = 5

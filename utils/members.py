@@ -102,6 +102,17 @@ def status_table(runs: Sequence[MemberRun]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("member")
 
 
+def unfinished_note(cfg: Config) -> str | None:
+    """None when every member this run trains (`cfg.member_indices`) has finished (or stopped early); else where
+    the unfinished ones stand: "member 0 at epoch 1 of 3 (max_epochs_this_call 1)"."""
+    open_runs = [r for r in member_runs(cfg, cfg.member_indices) if not r.finished]
+    if not open_runs:
+        return None
+    where = ", ".join(f"member {r.member} at epoch {r.progress.epochs_done if r.progress else 0} of {cfg.epochs}"
+                      for r in open_runs)
+    return where + (f" (max_epochs_this_call {cfg.epoch_limit})" if cfg.epoch_limit else "")
+
+
 # --------------------------------------------------------------------------------------------
 # Launching
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Design choices:
   value fails here, in the first seconds, not deep inside training.
 - Outputs are checked before any work: on Colab, Drive is mounted once when an output goes there; an
   unwritable folder is refused naming the setting to change.
+- On Kaggle a new session starts with an empty /kaggle/working: when the run folder holds no last.pt and an
+  attached output (the previous version's) holds one of this recipe, it is copied in here, before any notebook
+  reads the run folder (utils.checkpoint.continue_attached_run), so "run it again" continues across sessions.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bo
         platforms.mount_drive()
     for setting, folder in outputs.items():
         platforms.ensure_writable(folder, setting)
+    if platform == "kaggle":          # a new session: continue the run an attached output holds (Save Version)
+        from .checkpoint import continue_attached_run
+        continue_attached_run(cfg)
     device = resolve_device(cfg.device)
     if verbose:
         print(platforms.describe(found))

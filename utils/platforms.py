@@ -338,6 +338,19 @@ def persistence_note(path: str | Path, platform: str | None = None) -> str | Non
     return None
 
 
+def how_to_continue(platform: str | None = None) -> str:
+    """What a student does to continue a run split over sessions (max_epochs_this_call), on `platform`."""
+    platform = _platform(platform)
+    if platform == "kaggle":
+        return (f"keep this session's {KAGGLE_WORKING} with Save Version (Save & Run All); in the next session "
+                "Add Input > Your Work > this notebook's output, and run the same cell: the run folder is copied "
+                "back from the input and training continues from its last.pt.")
+    if platform == "colab":
+        return ("run the same cell again (now, or in a new session after a disconnect): training continues from "
+                "last.pt on your Google Drive.")
+    return "run the same command again: training continues from last.pt."
+
+
 # --------------------------------------------------------------------------------------------
 # One line for the notebooks' setup and run.py
 # --------------------------------------------------------------------------------------------

@@ -351,8 +351,8 @@ def restore(run: Run, log: Callable[[str], None]) -> State:
 # The phases of an epoch
 # --------------------------------------------------------------------------------------------
 def _bar(iterable, progress: bool, **kwargs):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, disable=not progress, **kwargs)
+    from .progress import bar  # widget bars where they render, text bars on Kaggle
+    return bar(iterable, progress, **kwargs)
 
 
 def cpu_time_estimate(run: Run, seconds_per_step: float, epochs_left: int) -> str:
@@ -402,9 +402,10 @@ def wall_time_estimate(cfg: Config, device: torch.device, steps_per_epoch: int, 
             lines.append(
                 f"Kaggle: this call does NOT fit the {KAGGLE_SESSION_HOURS:.0f}-hour session (about "
                 f"{session / 3600:.1f} h): set max_epochs_this_call = {per_session} (about "
-                f"{per_epoch * per_session * rounds_call / 3600:.1f} h per session), Save Version, and run notebook 03 "
-                f"again in the next session with the run folder back in {cfg.run_path} (it resumes from last.pt); "
-                "or train the members in separate notebooks with `member`.")
+                f"{per_epoch * per_session * rounds_call / 3600:.1f} h per session; run.py: -p max_epochs_this_call "
+                f"{per_session}), Save Version, and in the next session attach this notebook's output (Add Input > "
+                f"Your Work) and run it again: its run folder is copied back into {cfg.run_path} and training "
+                "resumes from last.pt; or train the members in separate notebooks with `member`.")
     return lines
 
 

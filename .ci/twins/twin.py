@@ -23,9 +23,15 @@ tmpfs and the venv's overlay is fresh; Google Drive is a folder that outlives th
 `drive.mount` bind-mounts at /content/drive when the setup cell asks. The student uploaded the data (a tiny
 make_cifar10.py layout, real images; the unlabeled pickle cut to its first 1,000, see UNLABELED) to Drive once
 and gives data_dir. Ends with a validated MyDrive/<repo>/submissions/submission.csv.
-Kaggle: one session. The competition's files are at the sheet's competition_dir, /kaggle/input is read-only
-(bind + remount ro), the notebooks are copied into /kaggle/working and run there, no data_dir is given (it
-must be found in the input). Ends with a validated /kaggle/working/submission.csv.
+Kaggle: the competition's files are at the sheet's competition_dir, /kaggle/input is read-only (bind + remount
+ro), no data_dir is given (it must be found in the input). The `kaggle` sheet (README_COMMAND) runs README's Kaggle
+cell as written, in a notebook in /kaggle/working, with the profile made tiny (3 epochs) and the run cut by
+`-p max_epochs_this_call 1`: session 1 runs it (epoch 1, paused, exit 0) and runs it again (the clone pulled, epoch
+2, paused); then a new session: a fresh /kaggle with session 1's /kaggle/working attached read-only where Kaggle
+mounts a notebook's output, the same cell, which continues at epoch 3 and ends the five notebooks. Every call's
+cell must show its epoch line, the projected time and the Kaggle verdict. The other Kaggle sheets copy each
+notebook into /kaggle/working and run it there (Run all), in one session. Both end with a validated
+/kaggle/working/submission.csv. The unlabeled pickle's ids are shuffled and not contiguous (shuffled_ids).
 
 Before the notebooks a probe kernel checks the twin itself against the sheet (cwd, variables, google.colab
 importable, the kernel class, read-only folders refusing a write, tqdm.auto progress bars). Prints one summary
@@ -45,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -65,6 +72,12 @@ VENV_OF = {"colab": "colab", "kaggle": "kaggle", "kaggle_old_layout": "kaggle", 
 # its first 1,000 (predicting 10,000 images takes minutes on a 2-core CPU without AVX-512; one twin is enough for
 # the whole file's size, and the code path is the same).
 UNLABELED = {"colab": 1000}
+# The sheets whose twin runs README's one-cell command (as written, the profile made tiny and the run cut by
+# max_epochs_this_call) over two sessions, instead of each notebook's Run all: see Twin.run_readme_command.
+README_COMMAND = {"kaggle": "Run on Kaggle"}
+README_PROFILE = f"--profile {PROFILE} -p epochs 3 -p max_epochs_this_call 1"   # 3 calls: pause, pause, finish
+ATTACHED = {"user": "student", "slug": "cifar10-train"}    # the previous version's output, as Add Input mounts it
+EPOCH_LINE = re.compile(r"^epoch +(\d+)  train loss ", re.M)
 DEBUGPY_NOTE = re.compile(r"^0\.00s - (Debugger warning|make the debugger|to python to disable|Note: Debugging)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PLATFORM_LINE = re.compile(r"platform: (\w+) \| outputs: (\S+)")
@@ -120,19 +133,31 @@ def snapshot(work: Path) -> tuple[str, str]:
     return f"file://{bare}", commit
 
 
+def shuffled_ids(count: int) -> list[int]:
+    """Ids for the stand-in unlabeled pickle that are neither 0..N-1 nor sorted (the competition's need not be): a
+    submission that sorted ids apart from their images, or wrote row numbers, would not pass the twin."""
+    import numpy as np
+    return np.random.default_rng(26).choice(10 * count, size=count, replace=False).astype(np.int64)
+
+
 def tiny_layout(unlabeled: int | None = None) -> Path:
     """make_cifar10.py's layout with as many training images per class as the profile uses (its subset_per_class;
-    the full test set and unlabeled pickle, or that pickle's first `unlabeled` images), made once and kept in
-    TWINS_HOME."""
+    the full test set and unlabeled pickle, or that pickle's first `unlabeled` images), the pickle's ids shuffled
+    and not contiguous (`shuffled_ids`), made once and kept in TWINS_HOME."""
     import yaml
     per_class = yaml.safe_load((REPO_ROOT / "configs" / f"{PROFILE}.yaml").read_text())["subset_per_class"]
-    full = TWINS_HOME / f"cifar10-limit{per_class}"
+    full = TWINS_HOME / f"cifar10-limit{per_class}-shuffled-ids"
     target = full if unlabeled is None else TWINS_HOME / f"{full.name}-unlabeled{unlabeled}"
     if (target / "cifar_test_nolabel.pkl").is_file():
         return target
     partial = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=TWINS_HOME))
     if unlabeled is None:
         run(sys.executable, MAKE_CIFAR10, partial, "--limit-per-class", per_class, capture_output=True)
+        with open(partial / "cifar_test_nolabel.pkl", "rb") as f:
+            whole = pickle.load(f)             # trusted: make_cifar10.py's, just written
+        whole[b"ids"] = shuffled_ids(len(whole[b"ids"]))
+        with open(partial / "cifar_test_nolabel.pkl", "wb") as f:
+            pickle.dump(whole, f, protocol=4)
     else:                                  # the same files, the pickle cut in its own format (trusted: ours)
         shutil.copytree(tiny_layout(), partial, dirs_exist_ok=True)
         with open(partial / "cifar_test_nolabel.pkl", "rb") as f:
@@ -251,8 +276,9 @@ class Twin:
         return env
 
     # ---- the machine ------------------------------------------------------------------------
-    def new_machine(self) -> None:
-        """A fresh disk where the sheet says the notebook runs, and the image's venv as built (an overlay)."""
+    def new_machine(self, attached: Path | None = None) -> None:
+        """A fresh disk where the sheet says the notebook runs, and the image's venv as built (an overlay); on
+        Kaggle `attached` (a saved version's /kaggle/working) mounted read-only as an attached notebook output."""
         self.vm_count += 1
         umount(self.venv)
         root = Path("/content") if self.sheet.drive else Path("/kaggle")
@@ -267,6 +293,8 @@ class Twin:
             competition = Path(self.sheet.competition_dir)
             competition.mkdir(parents=True)
             shutil.copytree(self.data, competition, dirs_exist_ok=True)
+            if attached is not None:
+                shutil.copytree(attached, self.sheet.notebook_output_dir.format(**ATTACHED), symlinks=True)
             for folder in self.sheet.read_only:
                 if self.broken != "no-read-only":
                     read_only(Path(folder))
@@ -310,8 +338,11 @@ class Twin:
             "    'refused': {f: refused(f) for f in read_only},\n"
             "    'python': sys.version.split()[0], 'executable': sys.executable, 'torch': torch.__version__}))\n")
         widget_code = "from tqdm.auto import tqdm\nlist(tqdm(range(3)))"
+        ours_code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"   # utils.progress of the tree under test
+                     "from utils.progress import bar\nlist(bar(range(3)))")
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(facts_code),
-                                             nbformat.v4.new_code_cell(widget_code)])
+                                             nbformat.v4.new_code_cell(widget_code),
+                                             nbformat.v4.new_code_cell(ours_code)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         self.execute(nb, "00_twin_probe.ipynb", Path(self.sheet.cwd.format(repo=self.repo_name)))
         facts = json.loads(nb.cells[0].outputs[0]["text"])
@@ -332,10 +363,16 @@ class Twin:
         text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
         if not widget and "3/3" not in text:
             raise TwinFailure(f"tqdm.auto showed neither a widget nor a text bar: {outputs}")
+        ours = nb.cells[2].outputs     # utils.progress.bar: a widget only where the sheet says widgets render
+        ours_widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in ours)
+        if ours_widget != self.sheet.widgets_render or (not ours_widget and "3/3" not in str(ours)):
+            raise TwinFailure(f"utils.progress.bar drew {'a widget' if ours_widget else 'text'}, the sheet says "
+                              f"widgets {'render' if self.sheet.widgets_render else 'do not render'}: {ours}")
         self.checked.append(f"kernel {facts['shell']}, cwd {facts['cwd']}, {len(facts['env'])} sheet variables, "
                             "google.colab importable"
                             + "".join(f", {f} write refused (EROFS)" for f in self.sheet.read_only)
-                            + f", tqdm.auto {'widget' if widget else 'text'}")
+                            + f", tqdm.auto {'widget' if widget else 'text'}"
+                            + f", our bars {'widgets' if ours_widget else 'text'}")
 
     def nothing_upgraded(self) -> None:
         """What a student might install on the platform (requirements.txt, which the setup cell installs from when
@@ -416,6 +453,82 @@ class Twin:
         self.checked.append("clone of REPO_URL at the snapshot commit by every setup cell"
                             + (" (a fresh machine per notebook, torchinfo installed each time)" if self.sheet.drive
                                else ""))
+
+    # ---- README's one-cell command, over two sessions ------------------------------------------
+    def readme_cell(self) -> str:
+        """The README section's python block as written, with the fork's URL, the repository's name and the
+        tiny profile cut by max_epochs_this_call put in; a README that no longer has what is replaced fails."""
+        title = README_COMMAND[self.name]
+        text = (REPO_ROOT / "README.md").read_text()
+        section = text.split(f"## {title}\n", 1)[-1].split("\n## ", 1)[0]
+        block = re.search(r"```python\n(.*?)```", section, re.S)
+        if not block:
+            raise TwinFailure(f"README.md, section {title!r}: no ```python block")
+        cell = textwrap.dedent(block.group(1))
+        for placeholder, value in (("https://github.com/<you>/<repo>.git", self.repo_url),
+                                   ("<repo>", self.repo_name), ("--profile leaderboard", README_PROFILE)):
+            if placeholder not in cell:
+                raise TwinFailure(f"README.md, section {title!r}: the command has no {placeholder!r}:\n{cell}")
+            cell = cell.replace(placeholder, value)
+        return cell
+
+    def run_readme_cell(self, label: str) -> str:
+        """README's cell in a notebook of its own in /kaggle/working, then `_exit_code` (IPython's, of the last
+        `!` line): what the cell showed, and the exit code, which must be 0."""
+        import nbformat
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(self.readme_cell()),
+                                             nbformat.v4.new_code_cell("print(f'exit code {_exit_code}')")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        try:
+            self.execute(nb, label, Path(self.sheet.cwd.format(repo=self.repo_name)))
+        except Exception as err:
+            raise TwinFailure(f"{label}: README's cell failed: {describe_error(err)}") from None
+        shown, code = outputs_text(nb, 0), outputs_text(nb, 1).strip()
+        if code != "exit code 0":
+            raise TwinFailure(f"{label}: run.py ended with {code}; the cell showed:\n{shown[-3000:]}")
+        return shown
+
+    def executed_copy(self, name: str):
+        """run.py's executed copy of a notebook (in the clone's runs/<profile>/), papermill's injected cell out."""
+        import nbformat
+        path = Path(self.sheet.cwd.format(repo=self.repo_name)) / self.repo_name / "runs" / PROFILE / name
+        if not path.is_file():
+            raise TwinFailure(f"run.py left no executed copy {path}")
+        nb = nbformat.read(path, as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        return nb
+
+    def run_readme_command(self) -> None:
+        """As a student lives Kaggle with README's cell: session 1 runs it (epoch 1 of 3, paused, exit 0) and runs
+        it again (the clone updated, epoch 2, paused); Save Version keeps /kaggle/working; session 2 starts on an
+        empty /kaggle/working with that output attached read-only, runs the same cell, continues from epoch 2 and
+        ends with the submission. Each call's cell must show its epoch lines and the projected time."""
+        def expect(shown: str, label: str, epoch: int, *wanted: str) -> None:
+            if "fatal:" in shown:           # git's: the first line neither updated nor made the clone
+                raise TwinFailure(f"{label}: git failed in README's cell:\n{shown[-3000:]}")
+            if [int(e) for e in EPOCH_LINE.findall(shown)] != [epoch]:
+                raise TwinFailure(f"{label}: the cell did not show epoch {epoch}'s line alone:\n{shown[-3000:]}")
+            missing = [w for w in ("Wall time on ", "Kaggle: this call fits the 12-hour session", *wanted)
+                       if w not in shown]
+            if missing:
+                raise TwinFailure(f"{label}: the cell did not show {missing}:\n{shown[-3000:]}")
+
+        paused = "run.py: paused after 03_train.ipynb: member 0 at epoch {} of 3 (max_epochs_this_call 1)"
+        expect(self.run_readme_cell("s1-call1.ipynb"), "session 1, first call", 1, paused.format(1),
+               "[1/5] 01_data.ipynb", "[3/5] 03_train.ipynb done in")
+        for name in NOTEBOOKS[:3]:
+            self.check_setup_cell(name, self.executed_copy(name))
+        self.check_data_folder(self.executed_copy(NOTEBOOKS[0]))
+        expect(self.run_readme_cell("s1-call2.ipynb"), "session 1, the same cell again", 2, paused.format(2))
+        saved = self.work / "saved-version"
+        shutil.copytree(self.sheet.cwd, saved, symlinks=True)          # Save Version: /kaggle/working is kept
+        self.new_machine(attached=saved)                                 # the next session, output attached
+        attached = self.sheet.notebook_output_dir.format(**ATTACHED)
+        shown = self.run_readme_cell("s2-call1.ipynb")
+        expect(shown, "session 2", 3, f"run folder continued from an attached notebook's output: copied {attached}",
+               "Resumed ", "All 5 notebooks ran")
+        self.checked.append("README's cell as written: epoch lines and projected time shown, paused with exit 0, run "
+                            "again, continued in a new session from the attached output")
 
     def check_data_folder(self, nb) -> None:
         """Notebook 01 read the data where the student put it: the competition's input on Kaggle (found there, no
@@ -565,7 +678,10 @@ def inner(spec: dict) -> int:
         twin.new_machine()
         twin.nothing_upgraded()
         twin.probe()
-        twin.run_notebooks()
+        if twin.name in README_COMMAND:
+            twin.run_readme_command()
+        else:
+            twin.run_notebooks()
         twin.check_outputs()
     except TwinFailure as err:
         log = twin.work / "kernels.log"
