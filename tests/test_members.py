@@ -97,6 +97,17 @@ def test_two_members_in_two_processes_train_exactly_what_each_trains_alone(alone
 
 
 @pytest.mark.slow
+def child_argv(pid: int, wait_s: float = 10.0) -> list[bytes]:
+    """The command line of a child just started: between fork and exec /proc shows the parent's, so wait for the
+    exec (a loaded machine can take a while)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"utils.members" in argv or time.monotonic() > deadline:
+            return argv
+        time.sleep(0.01)
+
+
 def test_a_killed_member_fails_the_call_naming_it_the_others_finish_and_a_rerun_resumes_only_it(alone, layout,
                                                                                                 tmp_path):
     cfg = recipe(tmp_path / "run", layout)
@@ -107,7 +118,7 @@ def test_a_killed_member_fails_the_call_naming_it_the_others_finish_and_a_rerun_
         started = re.match(r"\[member (\d)\] started on \S+ \(pid (\d+)\)", line)
         if started:
             pids[int(started[1])] = int(started[2])
-            argv = Path(f"/proc/{started[2]}/cmdline").read_bytes().split(b"\0")
+            argv = child_argv(int(started[2]))
             assert argv[argv.index(b"--launcher-pid") + 1] == str(os.getpid()).encode()   # it watches this process
         if line.startswith("[member 1] epoch   1 "):
             os.kill(pids[1], signal.SIGKILL)       # what the OOM killer does
