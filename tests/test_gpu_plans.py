@@ -16,7 +16,7 @@ from utils import members as members_mod
 from utils.checkpoint import load_checkpoint
 from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.device import EMULATE_ENV, DeviceError, decide
+from utils.device import EMULATE_ENV, DeviceError, decide, seed_everything
 from utils.train import State, build_run, fit, restore, save, train_batch, train_one_epoch
 
 TINY = dict(subset_per_class=20, epochs=2, batch_size=64, test_limit=100, deterministic=True, seed=1,
@@ -253,6 +253,7 @@ def test_a_compiled_run_does_not_trace_again_for_the_last_partial_batch(tmp_path
     assert plan.compile
     run = build_run(Config(**{**TINY, "run_dir": str(tmp_path / "run")}), splits, plan)
     assert len(run.splits.train_labels) % run.cfg.batch_size, "the tiny split needs a partial last batch"
+    seed_everything(0, run.cfg.deterministic)   # as fit does first: the deterministic flag is a guard of the graph
     counters = dynamo.utils.counters
     run.train_loader.set_epoch(0)
     first = iter(run.train_loader)

@@ -297,8 +297,7 @@ def decide(device: torch.device | str, amp: bool = True, channels_last: bool = T
         label, emulated_capability = EMULATED[emulated]
         gpu = decide("cuda", amp, channels_last, compile, capability=emulated_capability, emulate="")
         reason = f"emulated {label} plan: " + gpu.reason.split(": ", 1)[1] + ", executed on cpu"
-        return replace(gpu, device=device, reason=reason.replace("GradScaler", "GradScaler + fused SGD", 1)
-                       if gpu.fused_optimizer else reason)
+        return replace(gpu, device=device, reason=reason)
     kind = device.type
     dtype: torch.dtype | None = None
     nhwc = False
@@ -337,17 +336,19 @@ def decide(device: torch.device | str, amp: bool = True, channels_last: bool = T
     if nhwc and not channels_last:
         nhwc = False
         why += "; channels_last=False"
+    fused = scaler and kind == "cuda"        # fused SGD takes GradScaler's scale and found_inf: no host sync
     can_compile, no_compile = compile_allowed(kind, capability, dtype)
     compiled = compile and can_compile
     parts = [f"{where}: {_NAMES[dtype]}" + (" autocast" if dtype is not None else ""),
              "GradScaler" if scaler else "",
+             "fused SGD" if fused else "",
              "channels_last" if nhwc else "contiguous",
              "torch.compile" if compiled else ""]
     reason = " + ".join(p for p in parts if p) + f" ({why})"
     if compile and not compiled:
         reason += f"; compile=True ignored: {no_compile}"
     return ExecutionPlan(device=device, dtype=dtype, channels_last=nhwc, grad_scaler=scaler, compile=compiled,
-                         reason=reason, fused_optimizer=scaler and kind == "cuda")
+                         reason=reason, fused_optimizer=fused)
 
 
 def device_name(device: torch.device | str) -> str:

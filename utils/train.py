@@ -412,7 +412,7 @@ def wall_time_estimate(cfg: Config, device: torch.device, steps_per_epoch: int, 
 def train_batch(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of a run on one batch: MixUp/CutMix where on, `update_weights`, the schedule, the EMA.
     Returns the loss, the logits and the (possibly soft) targets, all still on the device."""
-    if run.mixer is not None:       # torchvision's MixUp rolls the batch: its output is NCHW whatever came in
+    if run.mixer is not None:       # the mixed batch in the plan's layout, whatever torchvision's version returns
         x, target = run.mixer(x, y)
         x = x.contiguous(memory_format=run.plan.memory_format())
     else:
