@@ -1,4 +1,4 @@
-"""benchmarks/bench_train.py and compare_profiles.py end to end on real CIFAR-10, with tiny settings."""
+"""benchmarks/bench_train.py, compare_profiles.py and self_training.py end to end on real CIFAR-10, tiny settings."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from utils.device import decide
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks" / "bench_train.py"
 COMPARE = REPO_ROOT / "benchmarks" / "compare_profiles.py"
+SELF_TRAINING = REPO_ROOT / "benchmarks" / "self_training.py"
 
 
 @pytest.mark.slow
@@ -65,3 +67,26 @@ def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifa
     assert rows["paper"]["tta"] == "none" and rows["paper"]["test_acc"] == rows["paper"]["test_acc_no_tta"]
     assert rows["leaderboard:val_fraction=0.1"]["tta"] == "flip_shift"
     assert "| mean corruption acc |" in done.stdout
+
+
+@pytest.mark.slow
+def test_self_training_benchmark_shifts_the_test_images_and_measures_members_and_student(cifar_dir, tmp_path):
+    import pandas as pd
+
+    from utils.dataset import load_cifar10, load_unlabeled
+    cmd = [sys.executable, str(SELF_TRAINING), "--profile", "tiny:epochs=1,test_limit=100,tta=none", "--share", "0.5",
+           "--device", "cpu", "--data-dir", str(cifar_dir), "--run-root", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["train_images"] == 180 and result["members"] == 1 and result["share"] == 0.5
+    assert set(result["results"]) == {"members", "self-trained"}
+    for row in result["results"].values():
+        assert set(row) == {"clean", "shifted", "shifted_bn_adapted"} and all(0 <= v <= 1 for v in row.values())
+    shifted, ids = load_unlabeled(tmp_path / "shifted_nolabel.pkl")            # the round's "unlabeled" images
+    clean = load_cifar10(cifar_dir, download=False).test_images[:100]
+    assert ids.tolist() == list(range(100))
+    changed = sum(not np.array_equal(s, c) for s, c in zip(shifted, clean))
+    assert changed >= 90, f"only {changed} of 100 test images were shifted"
+    labels = pd.read_csv(tmp_path / "run" / "self-training" / "pseudo_labels.csv")
+    assert len(labels) == 100 and labels[labels["used"]]["label"].value_counts().max() <= 5

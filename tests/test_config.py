@@ -68,6 +68,8 @@ BAD_VALUES = [
     ("mixup_alpha", -0.2, ">= 0"),
     ("cutmix_alpha", "x", "number"),
     ("tta", "tencrop", "'flip_shift'"),
+    ("self_training", 1.5, "[0, 1]"),
+    ("self_training", "most", "number"),
     ("corruption_images", -1, ">= 0"),
     ("seed", -3, ">= 0"),
     ("seed", "0", "integer"),

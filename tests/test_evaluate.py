@@ -3,7 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.evaluate import TTA_SHIFT, classification_table, confusion, most_confident_mistakes, predict_proba
+from utils.evaluate import (
+    TTA_SHIFT,
+    adapt_batchnorm,
+    classification_table,
+    confusion,
+    most_confident_mistakes,
+    predict_proba,
+)
 from utils.model import CustomResNet
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -86,3 +93,21 @@ def test_tta_is_the_mean_of_the_views_softmaxes_not_of_their_logits(mode):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     plain, _ = by_hand(model, views[:1])
     assert not np.allclose(got, plain, atol=1e-3)
+
+
+def test_batchnorm_adaptation_takes_the_statistics_of_the_new_images_and_keeps_every_weight():
+    torch.manual_seed(0)
+    model = CustomResNet(channels=(8, 16), blocks=(1, 1)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = np.random.default_rng(1).integers(0, 120, (20, 32, 32, 3), dtype=np.uint8)    # darker than training
+    checkpoint = {"normalization": {"mean": MEAN, "std": STD}}
+    adapted = adapt_batchnorm(model, checkpoint, images, torch.device("cpu"), batch_size=5)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN)[:, None, None]) \
+        / torch.tensor(STD)[:, None, None]
+    conv_out = model.stem[0][0](x)                        # what the first BatchNorm sees, for all 20 images
+    bn = adapted.stem[0][1]
+    torch.testing.assert_close(bn.running_mean, conv_out.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(bn.running_mean, model.stem[0][1].running_mean)
+    assert not adapted.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    weights = [k for k in before if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(adapted.state_dict()[k], before[k]) for k in weights)

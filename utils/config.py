@@ -244,6 +244,9 @@ class Config:
     mixup_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for MixUp; 0: off")
     cutmix_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for CutMix; 0: off")
     tta: str = choice("none", TTA_MODES)                 # test-time augmentation at evaluation and submission
+    self_training: float = number(0.0, min=0.0, max=1.0,
+                                  note="share of the unlabeled images the members' ensemble labels, the most "
+                                       "confident per class, for a second training (utils.self_training); 0: off")
     corruption_images: int = integer(1000, min=0, note="test images per corruption and severity; 0: all")
     # --- runtime ---
     seed: int = integer(0, min=0)
@@ -332,6 +335,11 @@ class Config:
         k = (self.member or 0) if member is None else member
         return self.run_path if k == 0 else self.run_path / f"member-{k}"
 
+    @property
+    def student_path(self) -> Path:
+        """The self-training round's folder (utils.self_training): its labels table and the student's run."""
+        return self.run_path / "self-training"
+
     def notes(self, members: bool = True) -> list[str]:
         """Settings that are accepted but change meaning, said once where a run starts (`members`: also the line on
         members, which a single member's training leaves out)."""
@@ -415,7 +423,9 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
 RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path", "test_limit", "device",
                   "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "profile",
                   "corruption_images", "members", "member", "max_epochs_this_call", "monitor_every",
-                  "allow_unfinished"}
+                  "allow_unfinished", "self_training"}
+# `self_training` changes nothing in how the members train (it is a step after them, so it may be turned on for a
+# trained run); the round's own folder guards its data (utils.self_training.labels_for_round).
 
 
 def recipe_differences(saved: dict[str, Any], cfg: Config) -> list[str]:

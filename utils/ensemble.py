@@ -36,6 +36,7 @@ from .evaluate import classification_table, corruption_images, predict_with_chec
 from .locate import MEMBER_PREFIX
 
 ENSEMBLE = "ensemble"
+STUDENT = "self-trained"      # the model of the self-training round (utils.self_training), beside the members
 TRAIN_LOG = "train.log"       # what utils.members writes in a member's folder
 
 
@@ -50,10 +51,11 @@ class Member:
     progress: Progress
     model: nn.Module = field(repr=False)
     checkpoint: dict = field(repr=False)
+    name: str = ""               # "" for a member; the self-training round's student is named (STUDENT)
 
     @property
     def label(self) -> str:
-        return f"member {self.index}"
+        return self.name or f"member {self.index}"
 
     @property
     def best_path(self) -> Path:
@@ -166,6 +168,33 @@ def find_members(cfg: Config, device: torch.device | str = "cpu",
         log(f"{m.label}: {m.best_path} (training seed {m.training_seed}; {m.progress.describe()}; weights of "
             f"epoch {m.checkpoint['epoch']})")
     return members
+
+
+def find_student(cfg: Config, device: torch.device | str = "cpu",
+                 log: Callable[[str], object] = print) -> Member | None:
+    """The self-training round's student (`cfg.student_path`/best.pt), loaded on `device`; None when the round is off
+    (`self_training` 0). Refused like a member when it is missing or unfinished (unless cfg.allow_unfinished)."""
+    if not cfg.self_training:
+        return None
+    folder = cfg.student_path
+    best = folder / "best.pt"
+    how = ("run notebook 03 again with the same profile and run_dir: it trains the round once every member has "
+           "finished, and resumes it")
+    if not best.is_file():
+        raise UnfinishedError(f"self_training {cfg.self_training:g}: {best} does not exist, the round has not "
+                              f"trained its model yet; {how}. Or set self_training = 0 to use the members alone.")
+    model, ckpt = load_trained_model(best, device, cfg)
+    progress = read_progress(ckpt, best)
+    if not progress.finished:
+        sentence = (f"self_training: the round's run in {folder} has trained {progress.epochs_done} of its "
+                    f"{progress.epochs_planned} epochs; {how}.")
+        if not cfg.allow_unfinished:
+            raise UnfinishedError(sentence + " To use it as it is, set allow_unfinished = True.")
+        log(f"allow_unfinished=True: using the unfinished self-trained model. {sentence}")
+    student = Member(0, folder, progress, model, ckpt, name=STUDENT)
+    log(f"{STUDENT}: {best} (trained on the training images and the round's labels; {progress.describe()}; "
+        f"weights of epoch {ckpt['epoch']})")
+    return student
 
 
 def members_table(members: Sequence[Member]) -> pd.DataFrame:

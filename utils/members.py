@@ -74,13 +74,16 @@ class MemberRun:
 
 def member_run(cfg: Config, member: int) -> MemberRun:
     """Member `member`'s state from its folder: last.pt's progress record and history.csv."""
-    folder = cfg.member_path(member)
+    return _run_in(cfg.member_path(member), member, cfg.training_seed(member))
+
+
+def _run_in(folder: Path, member: int, training_seed: int) -> MemberRun:
     last, history = folder / "last.pt", folder / "history.csv"
     progress = best = None
     if last.is_file():
         ckpt = load_checkpoint(last)
         progress, best = read_progress(ckpt, last), ckpt.get("best_val_acc")
-    return MemberRun(member, folder, cfg.training_seed(member), progress, best,
+    return MemberRun(member, folder, training_seed, progress, best,
                      pd.read_csv(history) if history.is_file() else None)
 
 
@@ -103,14 +106,24 @@ def status_table(runs: Sequence[MemberRun]) -> pd.DataFrame:
 
 
 def unfinished_note(cfg: Config) -> str | None:
-    """None when every member this run trains (`cfg.member_indices`) has finished (or stopped early); else where
-    the unfinished ones stand: "member 0 at epoch 1 of 3 (max_epochs_this_call 1)"."""
+    """None when every member this run trains (`cfg.member_indices`) has finished (or stopped early), and so has the
+    self-training round where it is on; else where the unfinished ones stand: "member 0 at epoch 1 of 3
+    (max_epochs_this_call 1)", "the self-training round at epoch 0 of 3"."""
     open_runs = [r for r in member_runs(cfg, cfg.member_indices) if not r.finished]
-    if not open_runs:
+    if open_runs:
+        where = ", ".join(f"member {r.member} at epoch {r.progress.epochs_done if r.progress else 0} of {cfg.epochs}"
+                          for r in open_runs)
+    elif cfg.self_training and cfg.member is None and not (student := student_run(cfg)).finished:
+        where = (f"the self-training round at epoch {student.progress.epochs_done if student.progress else 0} of "
+                 f"{cfg.epochs}")
+    else:
         return None
-    where = ", ".join(f"member {r.member} at epoch {r.progress.epochs_done if r.progress else 0} of {cfg.epochs}"
-                      for r in open_runs)
     return where + (f" (max_epochs_this_call {cfg.epoch_limit})" if cfg.epoch_limit else "")
+
+
+def student_run(cfg: Config) -> MemberRun:
+    """The self-training round's student (utils.self_training), read from its folder like a member."""
+    return _run_in(cfg.student_path, 0, cfg.training_seed(0))
 
 
 # --------------------------------------------------------------------------------------------
