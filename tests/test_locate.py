@@ -322,11 +322,14 @@ def test_find_checkpoint_for_another_file_prefers_this_runs_copy(tmp_path):
 # Kaggle's next session: the previous version's run folder, attached read-only, continued in /kaggle/working
 # --------------------------------------------------------------------------------------------
 def save_paused_run(folder: Path, profile: str = "smoke", done: int = 1, **overrides) -> Path:
-    """What a session cut by max_epochs_this_call leaves: best.pt, last.pt (epoch `done`), history.csv, member-1."""
+    """What a session cut by max_epochs_this_call leaves: best.pt, last.pt (epoch `done`), history.csv, member-1, and
+    a self-training round under way (its labels table and its own checkpoints)."""
     cfg = load_config(profile, **overrides)
     meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "model": {}, "epoch": done,
             "progress": progress_record(done, cfg.epochs, False, 0, cfg.training_seed(0))}
-    for sub in (folder, folder / "member-1"):
+    (folder / "self-training").mkdir(parents=True, exist_ok=True)
+    (folder / "self-training" / "pseudo_labels.csv").write_text("id,label,class,confidence,used\n7,3,cat,0.9,True\n")
+    for sub in (folder, folder / "member-1", folder / "self-training"):
         sub.mkdir(parents=True, exist_ok=True)
         torch.save(meta, sub / locate.BEST)
         torch.save({**meta, "history": [{"epoch": e + 1} for e in range(done)]}, sub / locate.LAST)
