@@ -50,6 +50,7 @@ TTA_MODES = ("none", "flip", "flip_shift")
 AUTO_AUGMENT = ("none", "trivialaugment")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+STUDENT_FOLDER = "self-training"    # the self-training round's folder inside a run folder (utils.self_training)
 
 
 def __getattr__(name: str) -> Any:
@@ -338,7 +339,7 @@ class Config:
     @property
     def student_path(self) -> Path:
         """The self-training round's folder (utils.self_training): its labels table and the student's run."""
-        return self.run_path / "self-training"
+        return self.run_path / STUDENT_FOLDER
 
     def notes(self, members: bool = True) -> list[str]:
         """Settings that are accepted but change meaning, said once where a run starts (`members`: also the line on

@@ -29,7 +29,7 @@ from torch import nn
 
 from . import checkpoint as checkpoints
 from .checkpoint import CheckpointError, Progress, load_checkpoint, load_trained_model, read_progress
-from .config import Config, recipe_differences
+from .config import STUDENT_FOLDER, Config, recipe_differences
 from .corruptions import robustness_table
 from .device import ExecutionPlan, progress_bars
 from .evaluate import classification_table, corruption_images, predict_with_checkpoint, uint8_log_probs
@@ -172,11 +172,16 @@ def find_members(cfg: Config, device: torch.device | str = "cpu",
 
 def find_student(cfg: Config, device: torch.device | str = "cpu",
                  log: Callable[[str], object] = print) -> Member | None:
-    """The self-training round's student (`cfg.student_path`/best.pt), loaded on `device`; None when the round is off
-    (`self_training` 0). Refused like a member when it is missing or unfinished (unless cfg.allow_unfinished)."""
+    """The self-training round's student (its folder in the members' run folder), loaded on `device`; None when the
+    round is off (`self_training` 0). Refused like a member when it is missing or unfinished (unless
+    cfg.allow_unfinished)."""
     if not cfg.self_training:
         return None
-    folder = cfg.student_path
+    try:
+        base = run_folder(cfg, log=lambda line: None)       # the members' folder find_members uses (an attached one)
+    except CheckpointError:
+        base = cfg.run_path
+    folder = base / STUDENT_FOLDER
     best = folder / "best.pt"
     how = ("run notebook 03 again with the same profile and run_dir: it trains the round once every member has "
            "finished, and resumes it")
