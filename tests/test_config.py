@@ -55,6 +55,7 @@ BAD_VALUES = [
     ("lr", float("nan"), "> 0"),
     ("momentum", 1.0, "[0, 1)"),
     ("nesterov", "yes", "true or false"),
+    ("cycle_momentum", "no", "true or false"),
     ("weight_decay", -1e-4, ">= 0"),
     ("pct_start", 0.0, "(0, 1)"),
     ("pct_start", 1.0, "(0, 1)"),

@@ -596,3 +596,19 @@ def test_a_member_folder_resumes_only_its_own_member(tmp_path, splits):
     save_checkpoint(ckpt, last)
     with pytest.raises(CheckpointError, match="member: checkpoint 0 vs now 1"):
         fit(cfg, splits, progress=False, log=lambda line: None)
+
+
+def test_momentum_is_cycled_by_onecycle_by_default_and_kept_with_cycle_momentum_false(tmp_path, splits):
+    plan = decide(torch.device("cpu"))
+    for cycle, expected_start in ((True, 0.95), (False, 0.9)):
+        run = build_run(tiny_cfg(tmp_path, momentum=0.9, cycle_momentum=cycle), splits, plan)
+        seen = [run.optimizer.param_groups[0]["momentum"]]
+        for _ in range(len(run.train_loader) * 2):           # into the schedule: past the warm-up's first steps
+            run.optimizer.step()
+            run.scheduler.step()
+            seen.append(run.optimizer.param_groups[0]["momentum"])
+        assert seen[0] == pytest.approx(expected_start)
+        if cycle:
+            assert min(seen) < 0.9 < max(seen), "OneCycleLR cycles the momentum between 0.85 and 0.95"
+        else:
+            assert set(seen) == {0.9}, "with cycle_momentum false SGD keeps `momentum` throughout"

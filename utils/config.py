@@ -50,6 +50,7 @@ TTA_MODES = ("none", "flip", "flip_shift")
 AUTO_AUGMENT = ("none", "trivialaugment")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+MEMBER_PREFIX = "member-"           # member k >= 1 of an ensemble: run_path / f"member-{k}" (Config.member_path)
 STUDENT_FOLDER = "self-training"    # the self-training round's folder inside a run folder (utils.self_training)
 
 
@@ -232,7 +233,9 @@ class Config:
     epochs: int = integer(100, min=1)
     batch_size: int = integer(128, min=1)
     lr: float = number(0.1, above=0.0, note="OneCycleLR's max_lr")
-    momentum: float = number(0.9, min=0.0, below=1.0)
+    momentum: float = number(0.9, min=0.0, below=1.0, note="SGD's momentum where cycle_momentum is false")
+    cycle_momentum: bool = flag(True)            # OneCycleLR cycles SGD's momentum 0.95 -> 0.85 -> 0.95 (PyTorch's
+    #   default, which the paper's code ran): `momentum` is then not used. False: SGD keeps `momentum` throughout.
     nesterov: bool = flag(False)
     weight_decay: float = number(5e-4, min=0.0)
     pct_start: float = number(0.1, above=0.0, below=1.0, note="the warm-up share of the schedule")
@@ -334,7 +337,7 @@ class Config:
         """Member `member`'s run folder (default: `self.member`, else 0): member 0 = run_path, member k = run_path /
         "member-k". Each resumes on its own."""
         k = (self.member or 0) if member is None else member
-        return self.run_path if k == 0 else self.run_path / f"member-{k}"
+        return self.run_path if k == 0 else self.run_path / f"{MEMBER_PREFIX}{k}"
 
     @property
     def student_path(self) -> Path:

@@ -23,13 +23,11 @@ import numpy as np
 
 from . import locate, platforms
 from .config import NUM_CLASSES, Config
+from .locate import BATCHES_SUBDIR, DATA_ENV, NOLABEL_FILE  # where the data lives: one home, utils.locate
 
-DATA_ENV = "CIFAR10_DIR"
-BATCHES_SUBDIR = Path("cifar-10-python") / "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
-NOLABEL_FILE = "cifar_test_nolabel.pkl"
 IMAGE_SHAPE = (32, 32, 3)
 # The official CIFAR-10 python release, as torchvision's CIFAR10 dataset names it.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

@@ -94,6 +94,12 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 # The device-resident loader
 # --------------------------------------------------------------------------------------------
+def epoch_seed(training_seed: int, epoch: int) -> int:
+    """The seed of one epoch's random draws (the loader's, and the step's: dropout, MixUp), from the member's training
+    seed and the epoch alone, so a run resumed at any epoch draws what an uninterrupted one would."""
+    return training_seed * 1_000_003 + epoch
+
+
 class DeviceLoader:
     """Normalized float batches from a uint8 dataset held on `device`.
 
@@ -136,7 +142,7 @@ class DeviceLoader:
     def draw_epoch(self) -> dict[str, torch.Tensor]:
         """This epoch's order and per-image augmentation draws, made on the CPU generator batch by batch (the
         first release's order of draws) and moved to the device in one copy."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         _, _, h, w = self.images.shape
         parts: dict[str, list[torch.Tensor]] = {"order": [torch.randperm(len(self.images), generator=generator)]}
         for lo, hi in self.batch_bounds():

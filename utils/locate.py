@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import platforms
-from .config import KAGGLE_COMPETITION
+from .config import KAGGLE_COMPETITION, MEMBER_PREFIX
 
 DATA_ENV = "CIFAR10_DIR"
 BATCHES_SUBDIR = Path("cifar-10-python") / "cifar-10-batches-py"
 NOLABEL_FILE = "cifar_test_nolabel.pkl"
 BEST = "best.pt"
 LAST = "last.pt"                   # what training resumes from (utils.train writes it beside best.pt)
-MEMBER_PREFIX = "member-"          # member k >= 1 of an ensemble: cfg.run_path / f"member-{k}"
+TRAIN_LOG = "train.log"            # a member trained in a process of its own keeps its lines here (utils.members)
 DATA_SEARCH_DEPTH = 5
 NOLABEL_SEARCH_DEPTH = 5
 RUN_SEARCH_DEPTH = 9

@@ -42,9 +42,8 @@ import pandas as pd
 from . import platforms
 from .checkpoint import CheckpointError, Progress, load_checkpoint, read_progress
 from .config import Config
+from .locate import TRAIN_LOG
 from .train import check_resumable
-
-LOG_NAME = "train.log"           # utils.ensemble.TRAIN_LOG: a member started here
 
 
 class MemberError(RuntimeError):
@@ -69,7 +68,7 @@ class MemberRun:
 
     @property
     def log_path(self) -> Path:
-        return self.folder / LOG_NAME
+        return self.folder / TRAIN_LOG
 
 
 def member_run(cfg: Config, member: int) -> MemberRun:
@@ -202,7 +201,7 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
     base["run_dir"] = str(cfg.run_path)           # resolved here: the same folder whatever the child detects
     log(f"Training member(s) {', '.join(map(str, todo))} of {cfg.members}: {at_once} at a time on "
         f"{', '.join(slots[:at_once])}" + (f", {threads} thread(s) each" if threads else "") +
-        f"; each in a fresh process, its lines prefixed and kept in <member folder>/{LOG_NAME}.")
+        f"; each in a fresh process, its lines prefixed and kept in <member folder>/{TRAIN_LOG}.")
 
     lines: queue.Queue = queue.Queue()
     pending, free = deque(todo), list(range(len(slots)))
@@ -214,7 +213,7 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
         env, device = _child_env(slots[slot])
         folder = cfg.member_path(k)
         folder.mkdir(parents=True, exist_ok=True)
-        logfile = open(folder / LOG_NAME, "a", buffering=1)  # noqa: SIM115 (closed when the process ends)
+        logfile = open(folder / TRAIN_LOG, "a", buffering=1)  # noqa: SIM115 (closed when the process ends)
         config = json.dumps({**base, "member": k, "device": device})
         cmd = [sys.executable, "-m", "utils.members", "--config", config, "--at-once", str(at_once),
                "--in-call", str(len(todo)), "--launcher-pid", str(os.getpid())]
@@ -222,7 +221,7 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
         proc = subprocess.Popen(cmd, cwd=platforms.REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         logfile.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} member {k} on {slots[slot]} (pid {proc.pid}) ===\n")
-        log(f"[member {k}] started on {slots[slot]} (pid {proc.pid}), log: {folder / LOG_NAME}")
+        log(f"[member {k}] started on {slots[slot]} (pid {proc.pid}), log: {folder / TRAIN_LOG}")
 
         def read() -> None:
             for line in proc.stdout:
@@ -252,8 +251,8 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
             if code == 0:
                 log(f"[member {k}] done in {time.perf_counter() - began:.0f} s")
             else:
-                tail = (cfg.member_path(k) / LOG_NAME).read_text().splitlines()[-3:]
-                dead.append(f"member {k} died ({_how_it_ended(code)}); its log: {cfg.member_path(k) / LOG_NAME}"
+                tail = (cfg.member_path(k) / TRAIN_LOG).read_text().splitlines()[-3:]
+                dead.append(f"member {k} died ({_how_it_ended(code)}); its log: {cfg.member_path(k) / TRAIN_LOG}"
                             + "".join(f"\n    {t}" for t in tail))
                 log(f"[member {k}] DIED ({_how_it_ended(code)}); the other members go on")
     except BaseException:                       # Ctrl-C, or the caller's error: stop the children too

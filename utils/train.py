@@ -3,10 +3,11 @@
 Design choices:
 - Recipe defaults are the paper's: SGD(0.1, momentum 0.9, wd 5e-4), OneCycleLR(max_lr 0.1,
   pct_start 0.1) stepped per batch, batch 128, up to 100 epochs, early stop after 10 epochs
-  without a better val accuracy. OneCycleLR keeps PyTorch's default cycle_momentum (the paper names
-  no other), so the momentum SGD uses cycles 0.95 -> 0.85 -> 0.95 and the configured 0.9 is not used;
-  kept as is so that the recipe stays PyTorch's OneCycleLR. Extras (label smoothing, EMA, cutout,
-  TrivialAugment, MixUp/CutMix, nesterov, TTA) are Config fields, all off in `paper`.
+  without a better val accuracy. OneCycleLR keeps PyTorch's default `cycle_momentum` (the paper names
+  no other), so the momentum SGD uses cycles 0.95 -> 0.85 -> 0.95 and `momentum` (0.9) is not used;
+  `cycle_momentum: false` makes SGD keep `momentum` instead (utils.config.Config says so once). Extras
+  (label smoothing, EMA, cutout, TrivialAugment, MixUp/CutMix, nesterov, TTA) are Config fields, all off
+  in `paper`.
 - `fit` reads as its phases: build the run, restore it, then per epoch train, validate, record, save.
   `update_weights` (one batch) is shared with `benchmarks/bench_train.py`, so what is timed is what trains.
 - Loss and accuracy are accumulated sample-weighted over the whole epoch (the original notebook
@@ -77,7 +78,7 @@ from .device import (
 )
 from .evaluate import evaluate_loader
 from .files import remove_stale_temporaries, write_text
-from .loader import DeviceLoader
+from .loader import DeviceLoader, epoch_seed
 from .model import build_model
 
 SYNC_EVERY = 25                # steps between host syncs (loss check, progress bar)
@@ -268,12 +269,19 @@ def build_run(cfg: Config, splits: Splits, plan: ExecutionPlan) -> Run:
                       DeviceLoader(splits.test_images, splits.test_labels, splits.mean, splits.std,
                                    cfg.eval_batch_size, train=False, **loader_kw))
     optimizer = make_optimizer(model, cfg, plan)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                    steps_per_epoch=len(train_loader), pct_start=cfg.pct_start)
+    scheduler = make_schedule(optimizer, cfg, len(train_loader))
     return Run(cfg, splits, plan, model, torch.compile(model) if plan.compile else model, optimizer,
                scheduler, plan.make_scaler(), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), make_mixer(cfg), train_loader, val_loader,
                monitor_loader, member, seed)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Config,
+                  steps_per_epoch: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The recipe's OneCycleLR, stepped after every batch: warm-up to `lr` over `pct_start`, then cosine to ~0."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
+                                               steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start,
+                                               cycle_momentum=cfg.cycle_momentum)
 
 
 def make_optimizer(model: nn.Module, cfg: Config, plan: ExecutionPlan) -> torch.optim.SGD:
@@ -433,7 +441,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool, on_step: Callable[[int
     `on_time_estimate(seconds_per_step)` is called once, measured over TIMING_STEPS (the device synchronised at
     both ends, so a GPU's queue is counted), when the epoch has that many steps."""
     cfg, device = run.cfg, run.device
-    seed_everything(run.training_seed * 1_000_003 + epoch, cfg.deterministic)
+    seed_everything(epoch_seed(run.training_seed, epoch), cfg.deterministic)
     run.train_loader.set_epoch(epoch)
     run.model.train()
     loss_sum = torch.zeros((), device=device)
@@ -530,8 +538,7 @@ def save(run: Run, state: State, improved: bool) -> None:
 def planned_learning_rates(cfg: Config, steps_per_epoch: int) -> list[float]:
     """The learning rate of every optimizer step `fit` will take: OneCycleLR stepped on a throwaway optimizer."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr, momentum=cfg.momentum)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
+    scheduler = make_schedule(optimizer, cfg, steps_per_epoch)
     lrs = []
     for _ in range(cfg.epochs * steps_per_epoch):
         lrs.append(scheduler.get_last_lr()[0])
