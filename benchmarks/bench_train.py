@@ -139,7 +139,11 @@ def main(argv=None) -> int:
     p.add_argument("--train-images", type=int, default=0, help="the first N training images; 0: all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--_child", choices=PIPELINES, help=argparse.SUPPRESS)
+    p.add_argument("--_launcher-pid", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args._launcher_pid:          # started by reproduce.py (or by this script): end once the caller is gone
+        from utils.members import end_with_launcher
+        end_with_launcher(args._launcher_pid)
     kind = "cpu" if pick_device(args.device).type == "cpu" else "other"
     for name, default in zip(("warmup", "steps", "eval_warmup", "eval_steps"), DEFAULTS[kind]):
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
@@ -149,7 +153,8 @@ def main(argv=None) -> int:
     own = list(argv if argv is not None else sys.argv[1:])
     results = {}
     for which in PIPELINES:
-        done = subprocess.run([sys.executable, __file__, *own, "--_child", which], stdout=subprocess.PIPE, text=True)
+        done = subprocess.run([sys.executable, __file__, *own, "--_child", which, "--_launcher-pid", str(os.getpid())],
+                              stdout=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise SystemExit(f"the {which} pipeline failed (exit status {done.returncode}); see above")
         results[which] = json.loads(done.stdout.strip().splitlines()[-1])

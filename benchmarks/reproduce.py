@@ -273,10 +273,12 @@ def write_outputs(out: Path, state: dict, configs: dict, since: float) -> None:
 
 def bench(device: torch.device, args: argparse.Namespace, log, seconds_left: float) -> dict:
     """benchmarks/bench_train.py in its own process group (it starts a process per pipeline), stopped with all of
-    them once `seconds_left` have passed, or when this call ends first (SIGTERM, Ctrl-C)."""
+    them once `seconds_left` have passed, or when this call ends first (SIGTERM, Ctrl-C; after a SIGKILL, which
+    runs no cleanup, it and its pipeline process end themselves: `--_launcher-pid`)."""
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_train.py"), "--device", str(device)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += BENCH_CPU.split() if device.type == "cpu" else []          # seconds, not minutes, on a CPU
+    cmd += ["--_launcher-pid", str(os.getpid())]          # it (and its pipeline process) ends when this call does
     log("bench: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -313,3 +313,40 @@ def test_a_run_process_ends_itself_once_its_caller_is_killed(tmp_path, env, cifa
         launcher.kill()
         end_all(children)
     assert not left, f"still running 3 s after its caller was killed: {left}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_bench_and_its_pipeline_process_end_themselves_once_their_caller_is_killed(env, cifar_dir):
+    """reproduce.py's bench phase after a SIGKILL of reproduce.py: benchmarks/bench_train.py, started with
+    `--_launcher-pid` as reproduce.py starts it, and the pipeline process it runs end within 5 s (two links, each
+    checked every second); the pipeline's DataLoader workers follow within torch's own parent check (every 5 s).
+    A shell stands in for reproduce.py, as above."""
+    from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+    bench = REPO_ROOT / "benchmarks" / "bench_train.py"
+    launcher = subprocess.Popen(
+        ["sh", "-c", '"$@" --_launcher-pid $$ & wait', "sh", sys.executable, str(bench), "--device", "cpu",
+         "--data-dir", str(cifar_dir), "--steps", "100000", "--train-images", "2000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
+    chain: dict[int, str] = {}
+    workers: dict[int, str] = {}
+    left: list[int] = []
+    try:
+        since = time.perf_counter()
+        while time.perf_counter() - since < 120:            # until the paper pipeline's DataLoader workers run
+            chain = children_of(launcher.pid)
+            chain.update({pid: start for main in list(chain) for pid, start in children_of(main).items()})
+            workers = {pid: start for pipe in list(chain) for pid, start in children_of(pipe).items()
+                       if pid not in chain}
+            if len(chain) == 2 and workers:
+                break
+            time.sleep(0.2)
+        assert len(chain) == 2 and workers, f"bench_train, its pipeline process and workers: {chain} {workers}"
+        launcher.kill()
+        launcher.wait(timeout=30)
+        left = gone_within(chain, 5.0)
+        left += gone_within(workers, MP_STATUS_CHECK_INTERVAL + 5.0)
+    finally:
+        launcher.kill()
+        end_all({**chain, **workers})
+    assert not left, f"still running after their caller was killed: {left}"
