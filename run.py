@@ -38,7 +38,6 @@ from typing import Any
 
 import yaml
 
-from utils import platforms
 from utils.config import (
     REPO_ROOT,
     Config,
@@ -49,7 +48,8 @@ from utils.config import (
     read_profile,
     unknown_names,
 )
-from utils.device import PROGRESS_ENV, DeviceError, resolve_device
+from utils.runtime import platforms
+from utils.runtime.device import PROGRESS_ENV, DeviceError, resolve_device
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_kaggle_submit.ipynb"]

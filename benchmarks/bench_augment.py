@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Images/s on the training device of (a) the project's crop+flip (utils.loader.random_crop/random_flip),
 (b) crop+flip + per-image TrivialAugment (utils.augment) and (c) the CustomResNet training step they feed
-(utils.train.update_weights with the execution plan utils.device.decide picks for the device, as training uses).
+(utils.train.update_weights with the execution plan utils.runtime.device.decide picks for the device, as training uses).
 Input: uint8 batches already on the device (random pixels: every op runs on every image, so cost does not depend
 on content); the TrivialAugment draws of all steps go to the device in one copy, as the loader's do. `--warmup`
 untimed steps, then `--steps` timed as one block, synchronised only before and after it.
@@ -23,9 +23,9 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from utils.augment import draw_trivial_augment, trivial_augment  # noqa: E402
-from utils.device import decide, device_name, pick_device, timed  # noqa: E402
 from utils.loader import random_crop, random_flip  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
+from utils.runtime.device import decide, device_name, pick_device, timed  # noqa: E402
 from utils.train import update_weights  # noqa: E402
 
 

@@ -5,7 +5,7 @@
                ToTensor, Normalize) batched by a DataLoader with `--workers` processes, each batch copied to the
                device every step; fp32, contiguous tensors, as the paper ran.
 (b) `project`: utils.loader.DeviceLoader (uint8 dataset resident on the device, crop + flip on whole batches there)
-               with the plan, layout and compilation `utils.device.decide` picks for the device.
+               with the plan, layout and compilation `utils.runtime.device.decide` picks for the device.
 Both use utils.train.update_weights (the step the trainer takes), the same initial weights (checked), the paper's
 SGD and the same arrays (utils.dataset.load_cifar10; `--train-images N` takes the first N). Each pipeline runs in a
 fresh process. Warm-up steps are untimed; the timed block is synchronised at both ends only. Peak memory: CUDA
@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from utils.dataset import channel_stats, load_cifar10  # noqa: E402
-from utils.device import decide, device_name, pick_device, timed  # noqa: E402
 from utils.loader import DeviceLoader  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
+from utils.runtime.device import decide, device_name, pick_device, timed  # noqa: E402
 from utils.train import update_weights  # noqa: E402
 
 PIPELINES = ("paper", "project")

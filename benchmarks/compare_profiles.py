@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from utils.config import Config, load_config, parse_spec  # noqa: E402
 from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
-from utils.device import decide, device_name, resolve_device  # noqa: E402
 from utils.evaluate import evaluate_checkpoint  # noqa: E402
+from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
 from utils.train import fit  # noqa: E402
 
 

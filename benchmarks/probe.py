@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
-from utils.device import decide, resolve_device, seed_everything  # noqa: E402
 from utils.evaluate import tta_views  # noqa: E402
+from utils.runtime.device import decide, resolve_device, seed_everything  # noqa: E402
 from utils.train import build_run, train_batch  # noqa: E402
 
 PROBE_STEPS = {"cuda": (10, 20), "other": (1, 2)}          # warm-up, timed

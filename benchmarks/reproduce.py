@@ -21,8 +21,8 @@ spec's own overrides win over this script's flags):
 Why: GPU time is scarce (a loan is one short command on a bare machine, and only a few small files come back:
 docs/reproduction.md#the-gpu-evidence-in-one-call), so the whole evidence comes from ONE prepared call, planned to
 fit by default, and whatever is finished is on disk at every moment: results.json, results.md and histories.csv are
-rewritten whole (utils.files), by this process alone, after every epoch and every run (every 2 s with --parallel),
-and the log is flushed line by line. A timeout or a kill loses the epoch in progress. Checkpoints stay in
+rewritten whole (utils.runtime.files), by this process alone, after every epoch and every run (every 2 s with
+--parallel), and the log is flushed line by line. A timeout or a kill loses the epoch in progress. Checkpoints stay in
 --run-root: a rerun on the same machine resumes from them, but they never come back from a GPU loan, and the next
 loan starts bare.
 
@@ -58,10 +58,10 @@ import torch  # noqa: E402
 from benchmarks.probe import fmt_time, plan_of, plan_runs, probe  # noqa: E402
 from utils.config import Config, load_config, parse_spec  # noqa: E402
 from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
-from utils.device import device_name, resolve_device  # noqa: E402
 from utils.evaluate import evaluate_checkpoint  # noqa: E402
-from utils.files import write_json, write_text  # noqa: E402
 from utils.members import end_with_launcher  # noqa: E402
+from utils.runtime.device import device_name, resolve_device  # noqa: E402
+from utils.runtime.files import write_json, write_text  # noqa: E402
 from utils.train import fit  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+\d+\s+train loss")      # utils.train.epoch_line: fit logs one per epoch

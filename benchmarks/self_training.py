@@ -37,9 +37,9 @@ import torch  # noqa: E402
 from utils.config import load_config, parse_spec  # noqa: E402
 from utils.corruptions import CORRUPTIONS, corrupt, corruption_generator  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
-from utils.device import decide, device_name, resolve_device  # noqa: E402
 from utils.ensemble import ensemble_probabilities, find_members, find_student, predict_members  # noqa: E402
 from utils.evaluate import accuracy, adapt_batchnorm  # noqa: E402
+from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
 from utils.self_training import train_student  # noqa: E402
 from utils.train import fit  # noqa: E402
 

@@ -1,6 +1,6 @@
 """A platform fact sheet (tests/platform_facts.py) played in temporary folders, for the platform tests.
 
-`isolate` points every path constant of utils.platforms into tmp_path and clears every platform signal (no
+`isolate` points every path constant of utils.runtime.platforms into tmp_path and clears every platform signal (no
 variable, no google.colab, no IPython shell); `enter(sheet)` then gives this process what the sheet says the
 platform gives a notebook: its variables, google.colab importable where it is, and its kernel's shell (a stand-in
 whose class is the sheet's, e.g. google.colab._shell.Shell). `real(fact)` maps a path of a sheet
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from platform_facts import COMPETITION, Platform
 
-from utils import platforms
+from utils.runtime import platforms
 
 CLEARED_ENV = (platforms.PLATFORM_ENV, "CIFAR10_DIR", platforms.KAGGLEHUB_CACHE_ENV, *platforms.COLAB_ENV_VARS,
                *platforms.KAGGLE_ENV_VARS)
@@ -50,7 +50,7 @@ def isolate(monkeypatch, tmp_path: Path) -> Path:
 
 def fake_google_colab(monkeypatch) -> list[str]:
     """A google.colab in sys.modules whose drive.mount records its calls and mounts like the real one (a folder
-    MyDrive/ and a mount point that utils.platforms.is_mount then reports)."""
+    MyDrive/ and a mount point that utils.runtime.platforms.is_mount then reports)."""
     calls: list[str] = []
     mounted: set[Path] = set()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.device import decide
+from utils.runtime.device import decide
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "benchmarks" / "bench_train.py"
@@ -43,7 +43,7 @@ def test_bench_train_reports_both_pipelines_as_json(cifar_dir):
     assert (result["batch_size"], result["steps"], result["warmup"], result["workers"]) == (16, 2, 1, 0)
     assert result["device"] == "cpu" and result["device_name"] and result["torch"] and result["threads"] >= 1
     assert result["train_images_available"] == 256
-    # The paper pipeline runs as the paper ran (fp32, contiguous); the project one as utils.device decides.
+    # The paper pipeline runs as the paper ran (fp32, contiguous); the project one as utils.runtime.device decides.
 
     expected = decide(torch.device("cpu"))
     assert (a["precision"], a["channels_last"]) == ("fp32", False)

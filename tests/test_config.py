@@ -10,7 +10,6 @@ import time
 import pytest
 import yaml
 
-from utils import platforms
 from utils.config import (
     CONFIG_DIR,
     Config,
@@ -20,7 +19,8 @@ from utils.config import (
     load_config,
     read_profile,
 )
-from utils.device import DeviceError, resolve_device
+from utils.runtime import platforms
+from utils.runtime.device import DeviceError, resolve_device
 
 # (field, bad value, what the message must say about what is allowed)
 BAD_VALUES = [

@@ -8,7 +8,7 @@ import torch
 from helpers import RunsCommand
 from layouts import CLASSES, batch_dict, dump, images_for, make_layout, to_rows
 
-from utils import dataset, loader, platforms
+from utils import dataset, loader
 from utils.config import Config
 from utils.dataset import (
     BATCHES_SUBDIR,
@@ -24,6 +24,7 @@ from utils.dataset import (
     train_val_split,
 )
 from utils.loader import DeviceLoader
+from utils.runtime import platforms
 
 
 @pytest.fixture

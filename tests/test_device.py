@@ -1,4 +1,4 @@
-"""utils.device: the device -> precision / layout / compile rules, with mocked GPUs and CPU flags,
+"""utils.runtime.device: the device -> precision / layout / compile rules, with mocked GPUs and CPU flags,
 plus real checks on this CPU (bf16 autocast output, GradScaler state round trip, sync-free fused step)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from helpers import top_level_imports
 from torch import nn
 
-from utils import device as P
-from utils.device import DeviceError, ExecutionPlan, check_device, decide, gpu_arch_supported
+from utils.runtime import device as P
+from utils.runtime.device import DeviceError, ExecutionPlan, check_device, decide, gpu_arch_supported
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")

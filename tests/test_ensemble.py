@@ -18,7 +18,6 @@ from layouts import make_layout
 from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_progress, save_checkpoint
 from utils.config import REPO_ROOT, Config
 from utils.dataset import NOLABEL_FILE, load_unlabeled, prepare_splits
-from utils.device import decide
 from utils.ensemble import (
     ENSEMBLE,
     UnfinishedError,
@@ -31,6 +30,7 @@ from utils.ensemble import (
 )
 from utils.evaluate import predict_proba, robustness
 from utils.model import build_model
+from utils.runtime.device import decide
 from utils.submission import predict_unlabeled_ensemble, validate_submission
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

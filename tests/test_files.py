@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from utils import files, plots
+from utils import plots
 from utils.checkpoint import save_checkpoint
 from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.files import atomic_write
-from utils.platforms import OutputError
+from utils.runtime import files
+from utils.runtime.files import atomic_write
+from utils.runtime.platforms import OutputError
 from utils.submission import write_submission
 from utils.train import fit
 

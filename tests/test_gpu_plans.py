@@ -1,7 +1,7 @@
-"""The plans a T4 and a bf16 GPU get, executed on the CPU ($CIFAR10_EMULATE, utils.device): through the project's own
-decision, step (train_batch), save and restore. torch runs fp16 autocast, GradScaler("cpu") and fused SGD on the CPU,
-so the Python-level path every student's T4 runs is the one tested here. On a CPU without native fp16/bf16 these
-plans are several times slower than fp32, hence the narrow model (TINY) on a few real images."""
+"""The plans a T4 and a bf16 GPU get, executed on the CPU ($CIFAR10_EMULATE, utils.runtime.device): through the
+project's own decision, step (train_batch), save and restore. torch runs fp16 autocast, GradScaler("cpu") and fused
+SGD on the CPU, so the Python-level path every student's T4 runs is the one tested here. On a CPU without native
+fp16/bf16 these plans are several times slower than fp32, hence the narrow model (TINY) on a few real images."""
 from __future__ import annotations
 
 import functools
@@ -16,13 +16,13 @@ from utils import members as members_mod
 from utils.checkpoint import load_checkpoint
 from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.device import EMULATE_ENV, DeviceError, decide, seed_everything
+from utils.runtime.device import EMULATE_ENV, DeviceError, decide, seed_everything
 from utils.train import State, build_run, fit, restore, save, train_batch, train_one_epoch
 
 TINY = dict(subset_per_class=20, epochs=2, batch_size=64, test_limit=100, deterministic=True, seed=1,
             channels=[8, 16, 16, 32])
-# What each plan must build, written out here rather than read back from utils.device: SGD's `fused` flag (None is
-# torch's default, the foreach/for-loop kernels) and whether weights and momentum buffers are channels_last.
+# What each plan must build, written out here rather than read back from utils.runtime.device: SGD's `fused` flag
+# (None is torch's default, the foreach/for-loop kernels) and whether weights and momentum buffers are channels_last.
 PLANS = {"cpu": {"fused": None, "channels_last": False},        # this AVX2 CI machine: fp32, contiguous
          "t4": {"fused": True, "channels_last": True},          # fp16 + GradScaler + fused SGD + channels_last
          "bf16-gpu": {"fused": None, "channels_last": True}}    # bf16 + channels_last, no scaler
@@ -45,7 +45,7 @@ def under(monkeypatch):
             monkeypatch.delenv(EMULATE_ENV, raising=False)
         else:
             monkeypatch.setenv(EMULATE_ENV, name)
-    monkeypatch.setattr("utils.device.cpu_has_native_bf16", lambda flags=None: False)   # "cpu" is fp32 everywhere
+    monkeypatch.setattr("utils.runtime.device.cpu_has_native_bf16", lambda flags=None: False)   # "cpu": fp32
     return set_plan
 
 
@@ -90,7 +90,7 @@ def trained(tmp_path_factory, splits) -> dict[str, Path]:
     resumes it) and the same run trained straight through both epochs (`<root>/straight`)."""
     roots = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("utils.device.cpu_has_native_bf16", lambda flags=None: False)
+        patch.setattr("utils.runtime.device.cpu_has_native_bf16", lambda flags=None: False)
         for name in PLANS:
             if name == "cpu":
                 patch.delenv(EMULATE_ENV, raising=False)

@@ -1,4 +1,4 @@
-"""utils.install: only the missing requirements are installed, never an upgrade; versions compared by packaging,
+"""utils.runtime.install: only the missing requirements are installed, never an upgrade; versions compared by packaging,
 at the versions the platforms publish (tests/platform_facts.py)."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from helpers import top_level_imports
 from packaging.version import Version
 from platform_facts import SHEETS
 
-from utils import install
+from utils.runtime import install
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODULE_FILE = REPO_ROOT / "utils" / "install.py"
+MODULE_FILE = REPO_ROOT / "utils" / "runtime" / "install.py"
 REQUIREMENTS = """# Lower bounds only.
 torch>=2.3
 Pillow>=10.0            # an image library

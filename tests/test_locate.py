@@ -1,4 +1,4 @@
-"""utils.locate (and the finders built on it: utils.dataset.find_data_dir / find_nolabel, utils.checkpoint.
+"""utils.runtime.locate (and the finders built on it: utils.dataset.find_data_dir / find_nolabel, utils.checkpoint.
 find_run_folder / find_checkpoint): inputs found where each platform's sheet (tests/platform_facts.py) says they
 are, in both of Kaggle's mount layouts, with margin in the search depth; errors name every place searched.
 """
@@ -11,7 +11,6 @@ import torch
 from platform_facts import COLAB, COMPETITION, SHEETS
 from platform_sandbox import SLUG, USER, competition_cache, enter, fake_google_colab, isolate, real
 
-from utils import locate, platforms
 from utils.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -22,6 +21,7 @@ from utils.checkpoint import (
 )
 from utils.config import load_config
 from utils.dataset import DataNotFoundError, find_data_dir, find_nolabel
+from utils.runtime import locate, platforms
 
 KAGGLE_SHEETS = {name: sheet for name, sheet in SHEETS.items() if sheet.name == "kaggle"}
 LAYOUTS = {sheet.competition_dir for sheet in KAGGLE_SHEETS.values()}

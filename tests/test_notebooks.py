@@ -449,8 +449,8 @@ def test_a_short_fit_on_real_images_learns_and_loses_accuracy_under_corruption(t
     test images by a clear margin, and the corruptions lower its accuracy."""
     from utils.checkpoint import find_checkpoint, load_trained_model
     from utils.corruptions import summarize
-    from utils.device import decide, resolve_device
     from utils.evaluate import accuracy, checkpoint_splits, predict_with_checkpoint, robustness
+    from utils.runtime.device import decide, resolve_device
     from utils.train import fit
 
     cfg = load_config("paper", data_dir=str(cifar_dir), run_dir=str(tmp_path / "ckpt"), device="cpu", **LEARN)

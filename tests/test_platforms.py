@@ -1,4 +1,4 @@
-"""utils.platforms: which platform, where outputs go, what is refused and what survives; every platform's facts
+"""utils.runtime.platforms: which platform, where outputs go, what is refused and what survives; every platform's facts
 from its sheet (tests/platform_facts.py), played in temporary folders (tests/platform_sandbox.py).
 
 Colab is its sheet plus a fake `google.colab` whose `drive.mount` records its calls; Kaggle is its sheet (Kaggle's
@@ -24,11 +24,11 @@ from helpers import top_level_imports
 from platform_facts import COLAB, COLAB_CHILD, COLAB_SHELL, KAGGLE, LOCAL, SHEETS
 from platform_sandbox import enter, fake_google_colab, isolate, make_shell, output_root_of, real
 
-from utils import install, platforms
+from utils.runtime import install, platforms
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UTILS = REPO_ROOT / "utils"
-MODULE_FILE = UTILS / "platforms.py"
+MODULE_FILE = UTILS / "runtime" / "platforms.py"
 REAL_COLAB_IMPORTABLE = platforms._colab_importable
 REAL_CURRENT_SHELL = platforms.current_shell
 KAGGLE_SHEETS = {name: sheet for name, sheet in SHEETS.items() if sheet.name == "kaggle"}
@@ -206,12 +206,12 @@ def test_current_shell_asks_a_loaded_ipython_and_never_imports_it(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(n for n, s in SHEETS.items() if not s.colab_kernel))
 def test_the_issues_command_in_a_fresh_process(name):
-    """`python -c "from utils import platforms as e; print(e.detect(), e.output_root())"` with the sheet's
+    """`python -c "from utils.runtime import platforms as e; print(e.detect(), e.output_root())"` with the sheet's
     variables and nothing else of this shell's platform variables: on Kaggle `kaggle /kaggle/working`."""
     sheet = SHEETS[name]
     env = {k: v for k, v in os.environ.items() if k not in (*platforms.COLAB_ENV_VARS, *platforms.KAGGLE_ENV_VARS,
                                                            platforms.PLATFORM_ENV)}
-    code = "from utils import platforms as e; print(e.detect(), e.output_root())"
+    code = "from utils.runtime import platforms as e; print(e.detect(), e.output_root())"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={**env, **sheet.environ},
                           capture_output=True, text=True, check=True)
     root = str(REPO_ROOT) if sheet.output_root == "{repo}" else sheet.output_root.format(repo=REPO_ROOT.name)
@@ -500,32 +500,50 @@ def test_only_standard_library_imports():
 
 
 def test_importing_it_loads_neither_torch_nor_other_utils():
-    code = ("import sys, utils.platforms; "
+    code = ("import sys, utils.runtime.platforms; "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('utils.') or m == 'yaml'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "['utils.platforms']"
+    assert done.stdout.strip() == "['utils.runtime', 'utils.runtime.platforms']"
+
+
+def module_name(path: Path) -> str:
+    """utils/config.py -> "config", utils/runtime/platforms.py -> "runtime.platforms"."""
+    return ".".join(path.relative_to(UTILS).with_suffix("").parts)
 
 
 def utils_imports() -> dict[str, set[str]]:
-    """{module: the utils modules it imports} for every module of the package."""
+    """{module: the utils modules it imports} for every module of the package ("config", "runtime.platforms")."""
     graph = {}
-    for path in sorted(UTILS.glob("*.py")):
+    for path in sorted(UTILS.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        package = module_name(path).split(".")[:-1]
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("utils"):
-                deps.add((node.module.split(".") + [""])[1] or node.names[0].name)
-        graph[path.stem] = deps
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif (node.module or "").startswith("utils"):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            names = [a.name for a in node.names]
+            subpackage = UTILS.joinpath(*base)
+            if base and (UTILS.joinpath(*base).with_suffix(".py")).is_file():
+                deps.add(".".join(base))
+            else:                      # `from . import config` / `from .runtime import platforms`: names are modules
+                deps |= {".".join([*base, n]) for n in names if subpackage.joinpath(f"{n}.py").is_file()}
+        graph[module_name(path)] = deps
     return graph
 
 
 def test_the_import_graph_is_one_way_with_platforms_at_the_bottom():
     graph = utils_imports()
     assert "environment" not in graph, "utils/environment.py was split into platforms, locate and install"
-    assert graph["platforms"] == set() and graph["install"] == set()
-    assert graph["locate"] <= {"platforms", "config", "files"}, "locate sits below dataset and checkpoint"
-    assert "locate" in graph["checkpoint"] and "locate" in graph["dataset"]
+    assert graph["runtime.platforms"] == set() and graph["runtime.install"] == set()
+    assert graph["runtime.locate"] <= {"runtime.platforms", "runtime.files"}, "locate sits below dataset and checkpoint"
+    assert "runtime.locate" in graph["checkpoint"] and "runtime.locate" in graph["dataset"]
     done: set[str] = set()
 
     def visit(module: str, path: tuple[str, ...]) -> None:
@@ -540,7 +558,7 @@ def test_the_import_graph_is_one_way_with_platforms_at_the_bottom():
 
 
 def test_nothing_imports_the_old_environment_module():
-    sources = [*UTILS.glob("*.py"), REPO_ROOT / "run.py", *(REPO_ROOT / "benchmarks").glob("*.py"),
+    sources = [*UTILS.rglob("*.py"), REPO_ROOT / "run.py", *(REPO_ROOT / "benchmarks").glob("*.py"),
                *(REPO_ROOT / "tests").glob("*.py")]
     stale = [str(p.relative_to(REPO_ROOT)) for p in sources if p != Path(__file__)
              and re.search(r"utils\.environment\b|from \. import environment\b|from \.environment import",
@@ -552,7 +570,7 @@ def test_patched_constants_live_in_platforms_only():
     """Tests patch platforms.KAGGLE_INPUT and its siblings; a module that copied one (`from .platforms import
     KAGGLE_INPUT`, or `KAGGLE_INPUT = ...`) would keep the unpatched path. They are read as platforms.X instead."""
     offenders = []
-    for path in [*UTILS.glob("*.py"), REPO_ROOT / "run.py"]:
+    for path in [*UTILS.rglob("*.py"), REPO_ROOT / "run.py"]:
         if path == MODULE_FILE:
             continue
         tree = ast.parse(path.read_text())
@@ -567,7 +585,7 @@ def test_patched_constants_live_in_platforms_only():
 
 
 def test_style():
-    for name in ("platforms", "locate", "install", "notebook"):
+    for name in ("runtime/platforms", "runtime/locate", "runtime/install", "notebook"):
         lines = (UTILS / f"{name}.py").read_text().splitlines()
         assert "from __future__ import annotations" in lines, name
         assert [i for i, line in enumerate(lines, 1) if len(line) > 120] == [], name

@@ -13,9 +13,9 @@ from layouts import make_layout
 
 from utils.config import NUM_CLASSES, Config
 from utils.dataset import NOLABEL_FILE, DataNotFoundError, Splits, load_unlabeled, prepare_splits
-from utils.device import decide
 from utils.ensemble import STUDENT, UnfinishedError, ensemble_probabilities, find_members, find_student, predict_members
 from utils.members import unfinished_note
+from utils.runtime.device import decide
 from utils.self_training import (
     LABELS_FILE,
     RoundError,

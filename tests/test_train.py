@@ -15,11 +15,11 @@ from utils import train as train_mod
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_checked, load_trained_model, save_checkpoint
 from utils.config import REPO_ROOT, Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.device import decide
 from utils.evaluate import checkpoint_splits, evaluate_loader
-from utils.files import remove_stale_temporaries
 from utils.loader import DeviceLoader
 from utils.model import CustomResNet
+from utils.runtime.device import decide
+from utils.runtime.files import remove_stale_temporaries
 from utils.train import NonFiniteLossError, build_run, fit
 
 SMALL = dict(subset_per_class=20, epochs=3, batch_size=32, test_limit=100, deterministic=True, seed=1)
@@ -506,7 +506,7 @@ def one_thread():
 
 @pytest.mark.parametrize("val_fraction", [0.1, 0.0])
 def test_members_1_trains_exactly_the_weights_of_the_run_before_members(tmp_path, cifar, one_thread, val_fraction):
-    from utils.device import cpu_has_native_bf16, device_name
+    from utils.runtime.device import cpu_has_native_bf16, device_name
     cfg = tiny_cfg(tmp_path, epochs=2, val_fraction=val_fraction)
     assert cfg.members == 1 and cfg.training_seed() == cfg.seed and cfg.member_path() == cfg.run_path
     result = fit(cfg, prepare_splits(cfg, cifar), progress=False, log=lambda line: None)

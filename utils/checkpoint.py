@@ -3,7 +3,7 @@
 Design choices:
 - `best.pt` holds what inference needs (weights, the config, the normalisation statistics, the class
   names); `last.pt` adds what training needs to continue (optimizer, schedule, EMA, loss scaler, history,
-  early-stopping state). Both are written through `utils.files.atomic_write`: a kill mid-save leaves the
+  early-stopping state). Both are written through `utils.runtime.files.atomic_write`: a kill mid-save leaves the
   previous file whole.
 - Read with `torch.load(weights_only=True)`: a checkpoint is data from outside, and only tensors and plain
   containers can come out of it. Every failure names the file and what to do.
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import locate, platforms
 from .config import Config, recipe_differences
-from .files import atomic_write
 from .model import CustomResNet, build_model
+from .runtime import locate, platforms
+from .runtime.files import atomic_write
 
 CHECKPOINT_FORMAT = "cifar10-customresnet/2"
 READABLE_FORMATS = ("cifar10-customresnet/1", CHECKPOINT_FORMAT)
@@ -110,8 +110,8 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu",
 def find_run_folder(cfg: Config, log: Callable[[str], object] = print) -> Path:
     """The folder holding member 0's best.pt (member k >= 1 lives in its `member-{k}` subfolder): cfg.run_path when
     it has best.pt; else, on Kaggle, a run folder in an attached notebook output under /kaggle/input (either mount
-    layout, utils.locate.run_folder_candidates: the profile's first). An attached best.pt is used only when it was
-    trained with this profile's recipe (utils.config.recipe_differences, the rule resume applies to last.pt): one
+    layout, utils.runtime.locate.run_folder_candidates: the profile's first). An attached best.pt is used only when it
+    was trained with this profile's recipe (utils.config.recipe_differences, the rule resume applies to last.pt): one
     of another recipe, or one that cannot be read, is skipped with a line saying why. The folder used is always
     logged; the error names every place looked and every candidate skipped."""
     own, *attached = locate.run_folder_candidates(cfg.run_path, cfg.profile)
@@ -168,7 +168,7 @@ def continue_attached_run(cfg: Config, log: Callable[[str], object] = print) -> 
     (Save Version) comes back read-only under /kaggle/input once attached (Add Input > Your Work > that notebook).
     When cfg.run_path holds no last.pt (its own or a member's), copy the first attached run folder with a last.pt of
     this profile's recipe (utils.config.recipe_differences, the rule resume applies; the profile's folders first,
-    utils.locate.run_folder_candidates) into cfg.run_path, member folders included, and say which: training then
+    utils.runtime.locate.run_folder_candidates) into cfg.run_path, member folders included, and say which: training then
     resumes from its last.pt and 04 / 05 read its best.pt. Every file goes through atomic_write, member 0's last.pt
     last, so a copy cut short is redone whole next time. One of another recipe is skipped, saying why. Returns the
     folder copied from, None when nothing was (not on Kaggle, a run here already, nothing attached)."""

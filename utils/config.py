@@ -13,10 +13,10 @@ Design choices:
 - Values are coerced where that loses nothing: an int for a float field (`lr 1`), a numeric string for a
   float (`-p lr 1e-3`, which YAML reads as a string), a tuple for a list, `tta: true/false` (the first
   checkpoint format) for `flip`/`none`. Anything else is refused, never guessed.
-- Whether `device` exists is not checked here but when a run starts (`utils.device.resolve_device`):
+- Whether `device` exists is not checked here but when a run starts (`utils.runtime.device.resolve_device`):
   a checkpoint's config must still load on another machine.
 - Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output
-  root (`utils.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
+  root (`utils.runtime.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
   a relative `data_dir` resolves against the repository root.
 - Members: `members` models of one recipe, each with its own TRAINING seed (`Config.training_seed`:
   initialisation, batch order, augmentation, dropout, MixUp), all on the same DATA (`seed`: the subset, the
@@ -38,11 +38,11 @@ from typing import Any
 
 import yaml
 
-from . import platforms
-from .platforms import resolve_output
+from .runtime import platforms
+from .runtime.locate import MEMBER_PREFIX
+from .runtime.platforms import resolve_output
 
 CONFIG_DIR = platforms.REPO_ROOT / "configs"
-KAGGLE_COMPETITION = "deep-learning-spring-2025-project-1"
 IMAGE_SIDE = 32                     # CIFAR-10 images are 32 x 32
 IMAGES_PER_CLASS = 5000             # training images per class in CIFAR-10
 NUM_CLASSES = 10
@@ -50,12 +50,11 @@ TTA_MODES = ("none", "flip", "flip_shift")
 AUTO_AUGMENT = ("none", "trivialaugment")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-MEMBER_PREFIX = "member-"           # member k >= 1 of an ensemble: run_path / f"member-{k}" (Config.member_path)
 STUDENT_FOLDER = "self-training"    # the self-training round's folder inside a run folder (utils.self_training)
 
 
 def __getattr__(name: str) -> Any:
-    """`utils.config.REPO_ROOT` (scripts and tests import it from here) is read from utils.platforms, its only
+    """`utils.config.REPO_ROOT` (scripts and tests import it from here) is read from utils.runtime.platforms, its only
     home, when it is asked for, so a test that patches platforms.REPO_ROOT is seen here too."""
     if name == "REPO_ROOT":
         return platforms.REPO_ROOT
@@ -256,7 +255,7 @@ class Config:
     seed: int = integer(0, min=0)
     device: str = device_name_field("auto")      # auto: cuda, then mps, then cpu
     deterministic: bool = flag(False)
-    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.device)
+    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.runtime.device)
     channels_last: bool = flag(True)             # where the device gains from it
     compile: bool = flag(False)                  # torch.compile, where the device allows it
     eval_batch_size: int = integer(500, min=1)

@@ -202,7 +202,7 @@ def robustness_table(predict: Callable[[torch.Tensor], Any], images: torch.Tenso
     (corruption, severity) set made from the same images. `predict` gets a uint8 (n, 3, H, W) tensor on the
     images' device, the whole set at once, and returns n class ids (tensor or array). `limit` > 0 keeps the first
     `limit` images. `predict` runs under torch.no_grad(). Columns: corruption, severity, accuracy, images."""
-    from .progress import bar  # widget bars where they render, text bars on Kaggle
+    from .runtime.progress import bar  # widget bars where they render, text bars on Kaggle
 
     names, severities = list(names), list(severities)
     for name in names:

@@ -7,7 +7,7 @@ Design choices:
   The online download fetches the official tarball (md5-checked by torchvision's download
   utilities) and reads it through the same unpickler: no plain `pickle.load` anywhere.
 - Every check on a file names the file, what was expected and how to fix it (`DataError`).
-  Where to look is `utils.locate`'s decision ($CIFAR10_DIR, ./data, any dataset
+  Where to look is `utils.runtime.locate`'s decision ($CIFAR10_DIR, ./data, any dataset
   folder under Kaggle's input); the error lists every place it looked.
 - `val_fraction 0` gives an empty validation split: the final model is trained on every image.
 """
@@ -21,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import locate, platforms
 from .config import NUM_CLASSES, Config
-from .locate import BATCHES_SUBDIR, DATA_ENV, NOLABEL_FILE  # where the data lives: one home, utils.locate
+from .runtime import locate, platforms
+from .runtime.locate import (  # where the data lives: one home, utils.runtime.locate
+    BATCHES_SUBDIR,
+    DATA_ENV,
+    NOLABEL_FILE,
+)
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"

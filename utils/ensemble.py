@@ -29,11 +29,11 @@ from torch import nn
 
 from . import checkpoint as checkpoints
 from .checkpoint import CheckpointError, Progress, load_checkpoint, load_trained_model, read_progress
-from .config import MEMBER_PREFIX, STUDENT_FOLDER, Config, recipe_differences
+from .config import STUDENT_FOLDER, Config, recipe_differences
 from .corruptions import robustness_table
-from .device import ExecutionPlan, progress_bars
 from .evaluate import classification_table, corruption_images, predict_with_checkpoint, uint8_log_probs
-from .locate import TRAIN_LOG
+from .runtime.device import ExecutionPlan, progress_bars
+from .runtime.locate import MEMBER_PREFIX, TRAIN_LOG
 
 ENSEMBLE = "ensemble"
 STUDENT = "self-trained"      # the model of the self-training round (utils.self_training), beside the members

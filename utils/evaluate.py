@@ -8,7 +8,7 @@ Design choices:
   diagonal directions (6 views), the kind of shift the training crops (zero padding 4) taught the model.
   Probabilities are averaged, not logits: a view that is sure of itself does not outvote the others.
   Off in `paper` (the paper evaluates plain).
-- The execution plan (precision, layout) is the caller's (`utils.device.ExecutionPlan`); without one,
+- The execution plan (precision, layout) is the caller's (`utils.runtime.device.ExecutionPlan`); without one,
   evaluation runs in fp32, exact.
 - Metrics come from scikit-learn (classification_report, confusion_matrix) rather than hand-written
   loops, so the numbers match what graders compute.
@@ -29,8 +29,8 @@ from .checkpoint import load_trained_model
 from .config import Config
 from .corruptions import robustness_table, summarize
 from .dataset import Splits, prepare_splits
-from .device import ExecutionPlan, decide, progress_bars
 from .loader import DeviceLoader
+from .runtime.device import ExecutionPlan, decide, progress_bars
 
 TTA_SHIFT = 2                 # pixels; within the training crops' +-4
 

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import platforms
 from .checkpoint import CheckpointError, Progress, load_checkpoint, read_progress
 from .config import Config
-from .locate import TRAIN_LOG
+from .runtime import platforms
+from .runtime.locate import TRAIN_LOG
 from .train import check_resumable
 
 
@@ -134,14 +134,14 @@ def default_devices(cfg: Config) -> list[str]:
     if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if cfg.device == "auto":
-        from .device import pick_device
+        from .runtime.device import pick_device
         return [str(pick_device("auto"))]
     return [cfg.device]
 
 
 def _child_env(device: str) -> tuple[dict[str, str], str]:
     """The environment of a member process on `device` and the device name it uses inside."""
-    from .device import PROGRESS_ENV
+    from .runtime.device import PROGRESS_ENV
     env = {**os.environ, PROGRESS_ENV: "lines", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(platforms.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if device.startswith("cuda"):

@@ -4,9 +4,9 @@ Design choices:
 - The setup cell itself only finds (or clones) the repository, because nothing of `utils` can be imported
   before that; everything after it is here, in tested package code, not copied into five notebooks.
 - On Colab and Kaggle only the missing requirements are installed, never upgraded: the platform's torch is
-  built for its GPU, and upgrading its Jupyter stack can crash the runtime (utils.install). This module
+  built for its GPU, and upgrading its Jupyter stack can crash the runtime (utils.runtime.install). This module
   imports nothing heavy at the top, so the install happens before torch or pandas are imported.
-- The platform line names the signal that decided the platform (utils.platforms.detection): on Kaggle, whose
+- The platform line names the signal that decided the platform (utils.runtime.platforms.detection): on Kaggle, whose
   image carries Colab's variables and package, it must say Kaggle's variable decided.
 - The Config is the notebook's `profile` with the fields its `parameters` cell (or papermill) sets over it,
   validated at once (`ConfigError` lists every bad field); the device is checked the same way, so a bad
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import install as requirements
-from . import platforms
+from .runtime import install as requirements
+from .runtime import platforms
 
 
 def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bool = True):
@@ -34,7 +34,7 @@ def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bo
         for line in requirements.install_missing(platforms.REPO_ROOT / "requirements.txt"):
             print(line)
     from .config import config_from_namespace
-    from .device import decide, resolve_device
+    from .runtime.device import decide, resolve_device
 
     cfg = config_from_namespace(namespace)
     outputs = {"run_dir": cfg.run_path, "figures_dir": cfg.figures_path,

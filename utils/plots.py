@@ -3,7 +3,7 @@
 Design choices:
 - Each function takes plain arrays / DataFrames (what utils.dataset, utils.train and utils.evaluate
   return), draws one figure, returns the matplotlib Figure and, given `path`, also writes a PNG
-  (`savefig(dpi, bbox_inches="tight")` through utils.files.atomic_write: a temporary file, then a
+  (`savefig(dpi, bbox_inches="tight")` through utils.runtime.files.atomic_write: a temporary file, then a
   rename, so a failed save leaves the previous figure whole). Plotting never computes what a metric
   function already does: the confusion matrix comes from `evaluate.confusion`, the mistakes from
   `evaluate.most_confident_mistakes`.
@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .evaluate import confusion, most_confident_mistakes
-from .files import atomic_write, write_text
+from .runtime.files import atomic_write, write_text
 
 DPI = 150
 

@@ -31,10 +31,10 @@ import pandas as pd
 
 from .config import NUM_CLASSES, Config
 from .dataset import DataNotFoundError, Splits, find_nolabel, load_unlabeled
-from .device import decide
 from .ensemble import ensemble_probabilities, find_members, predict_members
-from .files import write_text
 from .members import member_runs
+from .runtime.device import decide
+from .runtime.files import write_text
 from .train import TrainResult, fit
 
 LABELS_FILE = "pseudo_labels.csv"

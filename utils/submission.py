@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import platforms
-from .config import KAGGLE_COMPETITION, NUM_CLASSES, Config
+from .config import NUM_CLASSES, Config
 from .dataset import load_unlabeled
 from .ensemble import Member, ensemble_probabilities, predict_members
-from .files import atomic_write
+from .runtime import platforms
+from .runtime.files import atomic_write
+from .runtime.locate import KAGGLE_COMPETITION
 
 HEADER = ["ID", "Labels"]
 

@@ -19,10 +19,10 @@ Design choices:
   host syncs once every `SYNC_EVERY` steps (and on the last) to check the loss and refresh the bar.
 - Every epoch writes `last.pt` (everything needed to continue) and, on a new best val accuracy,
   `best.pt` (weights for inference; with val_fraction 0, every epoch's final weights), each through
-  `utils.files.atomic_write`. Each epoch reseeds torch/numpy/python from (seed, epoch) and the loader
+  `utils.runtime.files.atomic_write`. Each epoch reseeds torch/numpy/python from (seed, epoch) and the loader
   draws from the same pair, so an interrupted run resumed from `last.pt` ends with exactly the weights
   of an uninterrupted one (on the same device with deterministic kernels; tested on CPU).
-- Precision, channels_last and compilation are decided per device by `utils.device.decide`; they may
+- Precision, channels_last and compilation are decided per device by `utils.runtime.device.decide`; they may
   change between a run and its resumption (another machine), like the other run-time fields
   (utils.config.RUNTIME_FIELDS).
 - A non-finite loss stops at once with the epoch and step; nothing of that epoch is saved.
@@ -55,7 +55,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import platforms
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -66,7 +65,11 @@ from .checkpoint import (
 )
 from .config import NUM_CLASSES, Config, recipe_differences
 from .dataset import Splits, prepare_splits
-from .device import (
+from .evaluate import evaluate_loader
+from .loader import DeviceLoader, epoch_seed
+from .model import build_model
+from .runtime import platforms
+from .runtime.device import (
     ExecutionPlan,
     decide,
     progress_bars,
@@ -76,10 +79,7 @@ from .device import (
     set_rng_state,
     synchronize,
 )
-from .evaluate import evaluate_loader
-from .files import remove_stale_temporaries, write_text
-from .loader import DeviceLoader, epoch_seed
-from .model import build_model
+from .runtime.files import remove_stale_temporaries, write_text
 
 SYNC_EVERY = 25                # steps between host syncs (loss check, progress bar)
 TIMING_STEPS = (2, 7)          # the wall time is measured over these steps of a call's first epoch
@@ -359,7 +359,7 @@ def restore(run: Run, log: Callable[[str], None]) -> State:
 # The phases of an epoch
 # --------------------------------------------------------------------------------------------
 def _bar(iterable, progress: bool, **kwargs):
-    from .progress import bar  # widget bars where they render, text bars on Kaggle
+    from .runtime.progress import bar  # widget bars where they render, text bars on Kaggle
     return bar(iterable, progress, **kwargs)
 
 
@@ -377,7 +377,7 @@ def _duration(seconds: float) -> str:
 
 
 def platform_name() -> str:
-    """Where this runs (utils.platforms.detect); a function of its own so tests can say 'kaggle'."""
+    """Where this runs (utils.runtime.platforms.detect); a function of its own so tests can say 'kaggle'."""
     return platforms.detect()
 
 

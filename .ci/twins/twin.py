@@ -338,8 +338,8 @@ class Twin:
             "    'refused': {f: refused(f) for f in read_only},\n"
             "    'python': sys.version.split()[0], 'executable': sys.executable, 'torch': torch.__version__}))\n")
         widget_code = "from tqdm.auto import tqdm\nlist(tqdm(range(3)))"
-        ours_code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"   # utils.progress of the tree under test
-                     "from utils.progress import bar\nlist(bar(range(3)))")
+        ours_code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"   # the tree under test
+                     "from utils.runtime.progress import bar\nlist(bar(range(3)))")
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(facts_code),
                                              nbformat.v4.new_code_cell(widget_code),
                                              nbformat.v4.new_code_cell(ours_code)])
@@ -363,10 +363,10 @@ class Twin:
         text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
         if not widget and "3/3" not in text:
             raise TwinFailure(f"tqdm.auto showed neither a widget nor a text bar: {outputs}")
-        ours = nb.cells[2].outputs     # utils.progress.bar: a widget only where the sheet says widgets render
+        ours = nb.cells[2].outputs     # utils.runtime.progress.bar: a widget only where the sheet says widgets render
         ours_widget = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in ours)
         if ours_widget != self.sheet.widgets_render or (not ours_widget and "3/3" not in str(ours)):
-            raise TwinFailure(f"utils.progress.bar drew {'a widget' if ours_widget else 'text'}, the sheet says "
+            raise TwinFailure(f"progress.bar drew {'a widget' if ours_widget else 'text'}, the sheet says "
                               f"widgets {'render' if self.sheet.widgets_render else 'do not render'}: {ours}")
         self.checked.append(f"kernel {facts['shell']}, cwd {facts['cwd']}, {len(facts['env'])} sheet variables, "
                             "google.colab importable"

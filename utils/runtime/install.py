@@ -31,7 +31,7 @@ try:
     from packaging.utils import canonicalize_name
     from packaging.version import InvalidVersion, Version
 except ImportError as err:  # pragma: no cover - Colab and Kaggle ship it; requirements.txt lists it
-    raise ImportError("utils.install needs `packaging` (preinstalled on Colab and Kaggle): "
+    raise ImportError("utils.runtime.install needs `packaging` (preinstalled on Colab and Kaggle): "
                       f"{sys.executable} -m pip install 'packaging>=23.0'") from err
 
 

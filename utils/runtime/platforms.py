@@ -34,7 +34,7 @@ Decisions, and why:
   `/kaggle/working` survives as the notebook's output once the notebook is committed ("Save Version").
   Local: everything survives.
 
-Where inputs are looked for is `utils.locate`; what to install is `utils.install`.
+Where inputs are looked for is `utils.runtime.locate`; what to install is `utils.runtime.install`.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from pathlib import Path
 # --------------------------------------------------------------------------------------------
 # Constants: the only home of these paths (tests monkeypatch them here; everyone reads them from here)
 # --------------------------------------------------------------------------------------------
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COLAB_DRIVE = Path("/content/drive")
 COLAB_MYDRIVE = COLAB_DRIVE / "MyDrive"
 KAGGLE_INPUT = Path("/kaggle/input")          # every attached input, read-only (tests/platform_facts.py: KAGGLE)
@@ -292,7 +292,7 @@ def ensure_writable(path: str | Path, what: str) -> Path:
 
 def refuse_unsafe(path: str | Path, what: str) -> None:
     """Refuse, without touching the disk, a place that would lose what is written there (an unmounted Drive) or
-    cannot take it (Kaggle's read-only input). Every file write checks this (utils.files.atomic_write)."""
+    cannot take it (Kaggle's read-only input). Every file write checks this (utils.runtime.files.atomic_write)."""
     path = Path(path).expanduser()
     if is_under(path, COLAB_DRIVE) and not drive_mounted():
         raise OutputError(path, what, "Google Drive is not mounted, so this would write to the VM's disk "

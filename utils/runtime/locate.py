@@ -2,7 +2,7 @@
 
 The one home for finding inputs: `utils.dataset` and `utils.checkpoint` take the first candidate that holds what
 they need, and name every candidate (and every folder tree searched, `searched`) in their error. Paths come from
-`utils.platforms`, read at call time, so tests that patch them there reach this module too.
+`utils.runtime.platforms`, read at call time, so tests that patch them there reach this module too.
 
 Decisions, and why:
 - An explicit path is a promise: when one is given it is the only candidate, so a typo is an error rather than a
@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import platforms
-from .config import KAGGLE_COMPETITION, MEMBER_PREFIX
 
+KAGGLE_COMPETITION = "deep-learning-spring-2025-project-1"
+MEMBER_PREFIX = "member-"           # member k >= 1 of an ensemble: run_path / f"member-{k}" (Config.member_path)
 DATA_ENV = "CIFAR10_DIR"
 BATCHES_SUBDIR = Path("cifar-10-python") / "cifar-10-batches-py"
 NOLABEL_FILE = "cifar_test_nolabel.pkl"

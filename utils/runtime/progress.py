@@ -1,7 +1,7 @@
 """Progress bars that render where they are shown: widgets where the front end draws them, text where it does not.
 
 Decisions, and why:
-- A batch run (`run.py` sets CIFAR10_PROGRESS=lines, utils.device.progress_bars) shows no bar at all: its saved
+- A batch run (`run.py` sets CIFAR10_PROGRESS=lines, utils.runtime.device.progress_bars) shows no bar at all: its saved
   notebooks would keep bars frozen, and the epoch lines tell the story.
 - Kaggle: text bars (`tqdm.std`). Kaggle's notebook front end shows a `tqdm.auto` widget bar as "Loading
   widget..." and nothing else (Kaggle/docker-python#1443, "tqdm is completely broken", open since 2024-11-23: "a
