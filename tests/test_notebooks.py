@@ -112,7 +112,7 @@ def test_all_notebooks_share_one_setup_cell():
     assert len(set(setups.values())) == 1, "the setup cells (second code cell) have drifted apart"
     assert "setup(globals())" in setups[NOTEBOOKS[0]]
     lines = [line for line in setups[NOTEBOOKS[0]].splitlines() if line.strip() and not line.startswith("#")]
-    assert len(lines) <= 18, f"the setup cell has grown to {len(lines)} lines; move logic into utils.notebook"
+    assert len(lines) < 10, f"the setup cell has grown to {len(lines)} lines; move logic into utils.notebook"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
