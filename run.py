@@ -39,7 +39,6 @@ from typing import Any
 import yaml
 
 from utils.config import (
-    REPO_ROOT,
     Config,
     ConfigError,
     available_profiles,
@@ -49,9 +48,10 @@ from utils.config import (
     unknown_names,
 )
 from utils.runtime import platforms
-from utils.runtime.device import PROGRESS_ENV, DeviceError, resolve_device
+from utils.runtime.device import DeviceError, resolve_device
+from utils.runtime.progress import PROGRESS_ENV
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOK_DIR = platforms.REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_kaggle_submit.ipynb"]
 KERNEL = "python3"
 INTERRUPTED = 130          # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
@@ -158,7 +158,7 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    out_dir = out_dir or REPO_ROOT / "runs" / profile
+    out_dir = out_dir or platforms.REPO_ROOT / "runs" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every notebook gets every field; the setup cell reads them from its globals, declared or not.
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())

@@ -22,10 +22,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.timing import timed  # noqa: E402
 from utils.augment import draw_trivial_augment, trivial_augment  # noqa: E402
 from utils.loader import random_crop, random_flip  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
-from utils.runtime.device import decide, device_name, pick_device, timed  # noqa: E402
+from utils.runtime.device import decide, device_name, pick_device  # noqa: E402
 from utils.train import update_weights  # noqa: E402
 
 

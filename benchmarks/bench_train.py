@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.timing import timed  # noqa: E402
 from utils.dataset import channel_stats, load_cifar10  # noqa: E402
 from utils.loader import DeviceLoader  # noqa: E402
 from utils.model import CustomResNet  # noqa: E402
-from utils.runtime.device import decide, device_name, pick_device, timed  # noqa: E402
+from utils.runtime.device import decide, device_name, pick_device  # noqa: E402
 from utils.train import update_weights  # noqa: E402
 
 PIPELINES = ("paper", "project")
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--_launcher-pid", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._launcher_pid:          # started by reproduce.py (or by this script): end once the caller is gone
-        from utils.members import end_with_launcher
+        from utils.runtime.launch import end_with_launcher
         end_with_launcher(args._launcher_pid)
     kind = "cpu" if pick_device(args.device).type == "cpu" else "other"
     for name, default in zip(("warmup", "steps", "eval_warmup", "eval_steps"), DEFAULTS[kind]):

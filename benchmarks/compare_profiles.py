@@ -24,9 +24,10 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from utils.config import Config, load_config, parse_spec  # noqa: E402
+from benchmarks.scoring import evaluate_checkpoint  # noqa: E402
+from benchmarks.spec import parse_spec  # noqa: E402
+from utils.config import Config, load_config  # noqa: E402
 from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
-from utils.evaluate import evaluate_checkpoint  # noqa: E402
 from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
 from utils.train import fit  # noqa: E402
 

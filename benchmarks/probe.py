@@ -1,7 +1,7 @@
 """The probe phase of benchmarks/reproduce.py: how fast a profile's training step runs on this device, what its whole
 run should then take, and which runs fit a time budget.
 
-What: `time_steps` times a few steps of a throwaway run (fit's loop body: utils.train.build_run + train_batch), and
+What: `time_steps` times a few steps of a throwaway run (fit's loop body: utils.recipe.build_run + train_batch), and
 on CUDA counts the host syncs of a few more (torch.cuda.set_sync_debug_mode("warn")); `probe` turns that into an
 estimate of the run (epochs left x training images x seconds per image, plus validation and final evaluation at a
 third of that: a forward pass, no backward) and, with `compile_probe`, also times torch.compile (default,
@@ -29,8 +29,10 @@ from utils.config import Config  # noqa: E402
 from utils.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
 from utils.evaluate import tta_views  # noqa: E402
-from utils.runtime.device import decide, resolve_device, seed_everything  # noqa: E402
-from utils.train import build_run, train_batch  # noqa: E402
+from utils.recipe import build_run  # noqa: E402
+from utils.runtime.device import decide, resolve_device  # noqa: E402
+from utils.runtime.rng import seed_everything  # noqa: E402
+from utils.train import train_batch  # noqa: E402
 
 PROBE_STEPS = {"cuda": (10, 20), "other": (1, 2)}          # warm-up, timed
 SYNC_CHECK_STEPS = 5                     # steps watched by the CUDA sync debug mode (fit syncs every 25)

@@ -56,12 +56,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.probe import fmt_time, plan_of, plan_runs, probe  # noqa: E402
-from utils.config import Config, load_config, parse_spec  # noqa: E402
+from benchmarks.scoring import evaluate_checkpoint  # noqa: E402
+from benchmarks.spec import parse_spec  # noqa: E402
+from utils.config import Config, load_config  # noqa: E402
 from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
-from utils.evaluate import evaluate_checkpoint  # noqa: E402
-from utils.members import end_with_launcher  # noqa: E402
 from utils.runtime.device import device_name, resolve_device  # noqa: E402
 from utils.runtime.files import write_json, write_text  # noqa: E402
+from utils.runtime.launch import end_with_launcher  # noqa: E402
 from utils.train import fit  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch\s+\d+\s+train loss")      # utils.train.epoch_line: fit logs one per epoch

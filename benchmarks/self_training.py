@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.config import load_config, parse_spec  # noqa: E402
+from benchmarks.spec import parse_spec  # noqa: E402
+from utils.config import load_config  # noqa: E402
 from utils.corruptions import CORRUPTIONS, corrupt, corruption_generator  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
 from utils.ensemble import ensemble_probabilities, find_members, find_student, predict_members  # noqa: E402

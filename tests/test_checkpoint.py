@@ -8,9 +8,10 @@ from helpers import RunsCommand
 from torch.optim.swa_utils import AveragedModel
 
 from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_trained_model
-from utils.config import REPO_ROOT, Config
+from utils.config import Config
 from utils.model import build_model
-from utils.train import EMA
+from utils.recipe import EMA
+from utils.runtime.platforms import REPO_ROOT
 
 TINY = Config(channels=[8, 16], blocks=[1, 1])
 

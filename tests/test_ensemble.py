@@ -16,7 +16,7 @@ import torch
 from layouts import make_layout
 
 from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_progress, save_checkpoint
-from utils.config import REPO_ROOT, Config
+from utils.config import Config
 from utils.dataset import NOLABEL_FILE, load_unlabeled, prepare_splits
 from utils.ensemble import (
     ENSEMBLE,
@@ -31,6 +31,7 @@ from utils.ensemble import (
 from utils.evaluate import predict_proba, robustness
 from utils.model import build_model
 from utils.runtime.device import decide
+from utils.runtime.platforms import REPO_ROOT
 from utils.submission import predict_unlabeled_ensemble, validate_submission
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -16,8 +16,11 @@ from utils import members as members_mod
 from utils.checkpoint import load_checkpoint
 from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.runtime.device import EMULATE_ENV, DeviceError, decide, seed_everything
-from utils.train import State, build_run, fit, restore, save, train_batch, train_one_epoch
+from utils.recipe import build_run
+from utils.resume import State, restore
+from utils.runtime.device import EMULATE_ENV, DeviceError, decide
+from utils.runtime.rng import seed_everything
+from utils.train import fit, save, train_batch, train_one_epoch
 
 TINY = dict(subset_per_class=20, epochs=2, batch_size=64, test_limit=100, deterministic=True, seed=1,
             channels=[8, 16, 16, 32])

@@ -22,7 +22,9 @@ from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import Config
 from utils.dataset import prepare_splits
 from utils.members import MemberError, member_runs, status_table, train_members
-from utils.train import build_run, decide, fit
+from utils.recipe import build_run
+from utils.runtime.device import decide
+from utils.train import fit
 
 # 100 synthetic images (10 per class) -> 90 train / 10 val, 3 steps of 32 per epoch; a narrow CustomResNet
 RECIPE = dict(epochs=3, batch_size=32, deterministic=True, seed=1, channels=[8, 16, 16, 32], members=2)
@@ -195,7 +197,7 @@ def test_a_member_process_ends_itself_once_its_launcher_is_gone(layout, tmp_path
 def test_bench_members_times_two_members_side_by_side_against_one_alone(layout, tmp_path):
     import importlib.util
 
-    from utils.config import REPO_ROOT
+    from utils.runtime.platforms import REPO_ROOT
     spec = importlib.util.spec_from_file_location("bench_members", REPO_ROOT / "benchmarks" / "bench_members.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -216,7 +218,7 @@ def test_notebook_03_trains_member_k_alone_then_the_rest_in_processes_of_their_o
     import nbformat
     import papermill as pm
 
-    from utils.config import REPO_ROOT
+    from utils.runtime.platforms import REPO_ROOT
     params = {**RECIPE, "profile": "tiny", "data_dir": str(layout), "run_dir": str(tmp_path / "run"), "device": "cpu",
               "figures_dir": str(tmp_path / "figures"), "submission_path": str(tmp_path / "s.csv"), "test_limit": 0}
 

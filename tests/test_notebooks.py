@@ -13,11 +13,13 @@ notebooks as a student does, on Colab's and Kaggle's facts.)
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import pickle
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -28,8 +30,9 @@ from PIL import Image
 from platform_facts import SHEETS
 
 import run as runner
-from utils.config import REPO_ROOT, Config, available_profiles, load_config, read_profile
+from utils.config import Config, available_profiles, load_config, read_profile
 from utils.corruptions import CORRUPTIONS
+from utils.runtime.platforms import REPO_ROOT
 from utils.submission import validate_submission
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -126,6 +129,37 @@ def test_training_notebook_shows_augmentation_and_schedule_before_training_and_c
     order = [next(i for i, s in enumerate(sources) if call in s)
              for call in ("plots.augmentation_grid(", "plots.lr_schedule(", "fit(cfg", "plots.training_curves(")]
     assert order == sorted(order), order
+
+
+def appears_verbatim(block: str, source: str) -> bool:
+    """Whether `block`, dedented, is a run of consecutive lines of `source`, dedented alike."""
+    want = textwrap.dedent(block).rstrip("\n").splitlines()
+    lines = source.splitlines()
+    return bool(want) and any(textwrap.dedent("\n".join(lines[i:i + len(want)])).splitlines() == want
+                              for i in range(len(lines) - len(want) + 1))
+
+
+def test_training_notebook_quotes_the_loop_and_the_step_as_utils_train_has_them():
+    """The markdown cell right before `fit(cfg, splits)` shows the epoch loop and the one-batch step as code blocks;
+    each is introduced by the function it quotes (`utils.train.NAME`, the last one named before it) and must be a
+    run of lines of that function's source, so the quote cannot go stale."""
+    from utils import train
+    cells = read("03_train.ipynb").cells
+    at = next(i for i, c in enumerate(cells) if c.cell_type == "code" and "fit(cfg, splits)" in c.source)
+    text = cells[at - 1].source
+    assert cells[at - 1].cell_type == "markdown"
+    blocks = list(re.finditer(r"```python\n(.*?)```", text, re.S))
+    assert text.count("```") == 2 * len(blocks), "every fence opens or closes a python block that is checked"
+    quoted, start = {}, 0
+    for block in blocks:
+        named = re.findall(r"`utils\.train\.(\w+)`", text[start:block.start()])
+        assert named, f"no `utils.train.NAME` before the block:\n{block.group(1)}"
+        source = inspect.getsource(getattr(train, named[-1]))
+        assert appears_verbatim(block.group(1), source), f"not in utils.train.{named[-1]} as quoted:\n{block.group(1)}"
+        quoted[named[-1]] = block.group(1)
+        start = block.end()
+    assert {"train_epochs", "train_batch", "update_weights"} <= set(quoted), sorted(quoted)
+    assert quoted["train_epochs"].startswith("for epoch in "), "the epoch loop is quoted from its `for` line"
 
 
 def run_setup_cell(tmp_path: Path, repo_url: str, kaggle_input: Path | None = None, first_on_path: Path | None = None,

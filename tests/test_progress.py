@@ -6,7 +6,7 @@ import tqdm.std
 from platform_facts import SHEETS
 
 from utils.runtime import progress
-from utils.runtime.device import PROGRESS_ENV
+from utils.runtime.progress import PROGRESS_ENV
 from utils.train import _bar
 
 
@@ -25,7 +25,7 @@ def test_a_live_kaggle_notebook_gets_a_text_bar_it_can_show(monkeypatch, capsys)
 
 
 def test_a_batch_run_draws_no_bar(monkeypatch, capsys):
-    from utils.runtime.device import progress_bars
+    from utils.runtime.progress import progress_bars
     monkeypatch.setenv("CIFAR10_PLATFORM", "kaggle")
     monkeypatch.setenv(PROGRESS_ENV, "lines")            # what run.py sets for its kernels
     assert list(_bar(range(3), progress_bars(True), desc="epoch 1")) == [0, 1, 2]

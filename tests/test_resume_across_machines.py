@@ -9,7 +9,7 @@ import torch
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
-from utils.runtime import device as device_mod
+from utils.runtime import rng as device_mod
 from utils.train import fit
 
 TINY = dict(subset_per_class=20, epochs=2, batch_size=32, test_limit=100, deterministic=True, seed=1,

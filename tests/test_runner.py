@@ -10,7 +10,8 @@ import time
 import pytest
 
 from utils.checkpoint import load_checkpoint
-from utils.config import REPO_ROOT, load_config
+from utils.config import load_config
+from utils.runtime.platforms import REPO_ROOT
 from utils.train import fit
 
 

@@ -13,14 +13,17 @@ import torch.nn.functional as F
 
 from utils import train as train_mod
 from utils.checkpoint import CheckpointError, load_checkpoint, load_state_checked, load_trained_model, save_checkpoint
-from utils.config import REPO_ROOT, Config
+from utils.config import Config
 from utils.dataset import load_cifar10, prepare_splits
 from utils.evaluate import checkpoint_splits, evaluate_loader
 from utils.loader import DeviceLoader
 from utils.model import CustomResNet
+from utils.recipe import EMA, build_run
+from utils.runtime import estimates
 from utils.runtime.device import decide
 from utils.runtime.files import remove_stale_temporaries
-from utils.train import NonFiniteLossError, build_run, fit
+from utils.runtime.platforms import REPO_ROOT
+from utils.train import NonFiniteLossError, fit
 
 SMALL = dict(subset_per_class=20, epochs=3, batch_size=32, test_limit=100, deterministic=True, seed=1)
 # The same data and recipe with a much narrower CustomResNet: for the tests of what fit does, not of the model.
@@ -288,7 +291,7 @@ def test_sigkill_while_a_checkpoint_is_being_written_never_leaves_a_half_file(tm
 
 def test_ema_decay_ramps_up_so_early_weights_do_not_dominate():
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = train_mod.EMA(model, 0.999)
+    ema = EMA(model, 0.999)
     for step in range(200):
         with torch.no_grad():
             model.weight.fill_(1.0 if step else 0.0)   # weights jump from 0 to 1 after the first step
@@ -453,31 +456,35 @@ def test_full_data_training_on_a_cpu_prints_a_time_estimate_from_its_first_steps
 
 def test_an_epoch_measures_seconds_per_step_over_its_first_steps_once(tmp_path, splits):
     cfg = tiny_cfg(tmp_path, batch_size=8)
-    run = train_mod.build_run(cfg, splits, train_mod.decide(torch.device("cpu")))
+    run = build_run(cfg, splits, decide(torch.device("cpu")))
     measured = []
     train_mod.train_one_epoch(run, 0, False, None, measured.append)
     assert len(run.train_loader) > max(train_mod.TIMING_STEPS) and len(measured) == 1 and measured[0] > 0
 
 
-def test_the_wall_time_is_projected_for_all_members_and_on_kaggle_split_over_sessions():
+def test_the_wall_time_is_projected_for_all_members_and_on_kaggle_split_over_sessions(monkeypatch):
     cfg = Config(epochs=400, members=2, val_fraction=0.0, patience=0)
-    device = torch.device("cuda")
     # 0.2 s per step x 352 steps = 70.4 s per epoch; 400 epochs = 7.8 h per member
-    local = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=2, members_in_call=2,
-                                         platform="local")
+    call = dict(device="cuda", epochs=cfg.epochs, epochs_done=0, end_epoch=400, members=cfg.members,
+                members_in_call=2, run_path=cfg.run_path)
+    local = estimates.wall_time_estimate(0.2, 352, **call, members_at_once=2, platform="local")
     assert len(local) == 1 and "all 2 members x 400 epochs, 2 at a time: 7.8 h" in local[0]
-    one_gpu = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=1, members_in_call=2,
-                                           platform="kaggle")
+    one_gpu = estimates.wall_time_estimate(0.2, 352, **call, members_at_once=1, platform="kaggle")
     assert "all 2 members x 400 epochs, 1 at a time: 15.6 h" in one_gpu[0]
     # one after another: 15.6 h in this call, over the 11 usable hours: 11 h / (70.4 s x 2 members) = 281 epochs
     assert "does NOT fit the 12-hour session (about 15.6 h): set max_epochs_this_call = 281" in one_gpu[1]
-    two_gpus = train_mod.wall_time_estimate(cfg, device, 352, 0.2, 0, 400, members_at_once=2, members_in_call=2,
-                                            platform="kaggle")
+    assert f"its run folder is copied back into {cfg.run_path} and training resumes from last.pt" in one_gpu[1]
+    two_gpus = estimates.wall_time_estimate(0.2, 352, **call, members_at_once=2, platform="kaggle")
     assert two_gpus[1] == "Kaggle: this call fits the 12-hour session (about 7.8 h of it)."   # side by side
-    split = train_mod.wall_time_estimate(cfg.replace(max_epochs_this_call=200), device, 352, 0.2, 0, 200,
-                                         members_at_once=2, members_in_call=2, platform="kaggle")
+    split = estimates.wall_time_estimate(0.2, 352, **{**call, "end_epoch": 200}, epoch_limit=200, members_at_once=2,
+                                         platform="kaggle")
     assert "this call (200 epoch(s) per member, max_epochs_this_call 200): 3.9 h" in split[0]
     assert split[1] == "Kaggle: this call fits the 12-hour session (about 3.9 h of it)."
+    # Without `platform`, the platform is utils.runtime.platforms.detect()'s, which $CIFAR10_PLATFORM overrides
+    monkeypatch.setenv("CIFAR10_PLATFORM", "kaggle")
+    assert estimates.wall_time_estimate(0.2, 352, **call, members_at_once=1) == one_gpu
+    monkeypatch.setenv("CIFAR10_PLATFORM", "local")
+    assert estimates.wall_time_estimate(0.2, 352, **call, members_at_once=1) == one_gpu[:1]
 
 
 # --- members = 1 is the run from before members existed, bit for bit ------------------------------------------

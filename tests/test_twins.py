@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import REPO_ROOT
+from utils.runtime.platforms import REPO_ROOT
 
 TWIN = REPO_ROOT / ".ci" / "twins" / "twin.py"
 TWINS = ["colab", "kaggle"]

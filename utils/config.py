@@ -1,29 +1,25 @@
 """Every knob of the project in one dataclass, with the paper's recipe as the defaults, checked where it is built.
 
 Design choices:
-- One dataclass: the notebooks, the YAML profiles in `configs/` and the library all name the same fields,
-  so a typo in a profile is an error, not a silently ignored setting. Each default is written once, here:
-  a profile lists only what differs from it (with its reason), a notebook's `parameters` cell only the
-  knobs a student turns.
-- Validation happens in `__post_init__`, so every way of building a Config (a profile, a notebook's
-  globals, `run.py -p`, a benchmark's overrides, `dataclasses.replace`, a checkpoint's saved config) is
-  checked the same way, before any data is read. Each field carries its rule (`integer(...)`,
-  `number(...)`, ...); cross-field rules are in `_cross_field_problems`. One `ConfigError` lists every
-  problem, each naming the field, the value given and what is allowed.
-- Values are coerced where that loses nothing: an int for a float field (`lr 1`), a numeric string for a
-  float (`-p lr 1e-3`, which YAML reads as a string), a tuple for a list, `tta: true/false` (the first
-  checkpoint format) for `flip`/`none`. Anything else is refused, never guessed.
-- Whether `device` exists is not checked here but when a run starts (`utils.runtime.device.resolve_device`):
-  a checkpoint's config must still load on another machine.
-- Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output
-  root (`utils.runtime.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle);
-  a relative `data_dir` resolves against the repository root.
-- Members: `members` models of one recipe, each with its own TRAINING seed (`Config.training_seed`:
-  initialisation, batch order, augmentation, dropout, MixUp), all on the same DATA (`seed`: the subset, the
-  validation split, the normalisation, the corruption draws). Member 0's training seed is `seed` itself and
-  its folder is `run_path`, so `members 1` is exactly the run from before members existed; member k >= 1
-  lives in `run_path / "member-k"` (`Config.member_path`). `member` (None: all) only chooses what notebook 03
-  / `run.py` trains; notebooks 04 and 05 use every finished member they find.
+- One dataclass: the notebooks, the YAML profiles in `configs/` and the library all name the same fields, so a typo in
+  a profile is an error, not a silently ignored setting. Each default is written once, here: a profile lists only what
+  differs from it (with its reason), a notebook's `parameters` cell only the knobs a student turns.
+- Validation happens in `__post_init__`, so every way of building a Config (a profile, a notebook's globals,
+  `run.py -p`, a benchmark's overrides, `dataclasses.replace`, a checkpoint's saved config) is checked the same way,
+  before any data is read. It is pydantic's, not a checker of our own: each field's rule is a pydantic type
+  (`integer(ge=1)`, `one_of(...)`, ...) checked in strict mode, and cross-field rules are in `_cross_field_problems`;
+  what they refuse is formatted into one `ConfigError` listing every problem: the field, the value, what is allowed.
+- Values are coerced where that loses nothing: an int for a float field (`lr 1`), a numeric string for a float
+  (`-p lr 1e-3`, which YAML reads as a string), a tuple for a list, `tta: true/false` (the first checkpoint format)
+  for `flip`/`none`. Anything else is refused, never guessed.
+- Whether `device` exists is not checked here but when a run starts (`utils.runtime.device.resolve_device`): a
+  checkpoint's config must still load on another machine.
+- Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output root
+  (`utils.runtime.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle); a relative
+  `data_dir` resolves against the repository root.
+- Members: `members` models of one recipe, each with its own TRAINING seed (`Config.training_seed`), all on the same
+  DATA (`seed`), member k >= 1 in `run_path / "member-k"` (`Config.member_path`). `member` (None: all) only chooses
+  what notebook 03 / `run.py` trains; notebooks 04 and 05 use every finished member they find.
 """
 from __future__ import annotations
 
@@ -33,10 +29,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .runtime import platforms
 from .runtime.locate import MEMBER_PREFIX
@@ -46,19 +44,7 @@ CONFIG_DIR = platforms.REPO_ROOT / "configs"
 IMAGE_SIDE = 32                     # CIFAR-10 images are 32 x 32
 IMAGES_PER_CLASS = 5000             # training images per class in CIFAR-10
 NUM_CLASSES = 10
-TTA_MODES = ("none", "flip", "flip_shift")
-AUTO_AUGMENT = ("none", "trivialaugment")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 STUDENT_FOLDER = "self-training"    # the self-training round's folder inside a run folder (utils.self_training)
-
-
-def __getattr__(name: str) -> Any:
-    """`utils.config.REPO_ROOT` (scripts and tests import it from here) is read from utils.runtime.platforms, its only
-    home, when it is asked for, so a test that patches platforms.REPO_ROOT is seen here too."""
-    if name == "REPO_ROOT":
-        return platforms.REPO_ROOT
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ConfigError(ValueError):
@@ -70,215 +56,126 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Field rules
+# The configuration: each field's rule (a pydantic type and what it allows, in words), then the dataclass
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    """What a field accepts; `check(value)` returns (coerced value, None) or (value, what is allowed)."""
-    kind: str                                   # int | optint | float | bool | str | path | ints | choice | device
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: tuple[str, ...] = ()
-    note: str = ""
-    none_alias: str = ""                        # optint: a word read as None (member: "all")
-
-    def allowed(self) -> str:
-        if self.kind in ("int", "optint", "float"):
-            what = "an integer" if self.kind in ("int", "optint") else "a number"
-            if self.lo is not None and self.hi is not None:
-                left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
-                text = f"{what} in {left}{self.lo:g}, {self.hi:g}{right}"
-            elif self.lo is not None:
-                text = f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
-            else:
-                text = what
-            if self.kind == "optint":
-                text += f" or null{f' ({self.none_alias!r})' if self.none_alias else ''}"
-        elif self.kind == "bool":
-            text = "true or false"
-        elif self.kind == "str":
-            text = "a non-empty string"
-        elif self.kind == "path":
-            text = "a path (string) or null"
-        elif self.kind == "ints":
-            text = "a non-empty list of integers > 0"
-        elif self.kind == "device":
-            text = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        else:
-            text = "one of " + ", ".join(repr(c) for c in self.choices)
-        return f"{text}{f' ({self.note})' if self.note else ''}"
-
-    def _in_range(self, x: float) -> bool:
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
-
-    def check(self, value: Any) -> tuple[Any, str | None]:
-        bad = (value, self.allowed())
-        if self.kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                return bad
-            return (value, None) if self._in_range(value) else bad
-        if self.kind == "optint":
-            if value is None or (self.none_alias and value == self.none_alias):
-                return None, None
-            if isinstance(value, bool) or not isinstance(value, int):
-                return bad
-            return (value, None) if self._in_range(value) else bad
-        if self.kind == "float":
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    return bad
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return bad
-            value = float(value)
-            return (value, None) if math.isfinite(value) and self._in_range(value) else bad
-        if self.kind == "bool":
-            return (value, None) if isinstance(value, bool) else bad
-        if self.kind == "str":
-            return (value, None) if isinstance(value, str) and value.strip() else bad
-        if self.kind == "path":
-            if value is None:
-                return None, None
-            if isinstance(value, Path):
-                value = str(value)
-            return (value, None) if isinstance(value, str) and value.strip() else bad
-        if self.kind == "ints":
-            if not isinstance(value, (list, tuple)) or not value:
-                return bad
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-                return bad
-            return list(value), None
-        if self.kind == "device":
-            return (value, None) if isinstance(value, str) and DEVICE_PATTERN.match(value) else bad
-        if self.kind == "choice":
-            if value is True and "flip" in self.choices:      # tta: true/false, the first checkpoint format
-                value = "flip"
-            elif value is False and "none" in self.choices:
-                value = "none"
-            return (value, None) if value in self.choices else bad
-        raise AssertionError(f"unknown rule kind {self.kind}")
+def _bounded(kind: type, ge=None, gt=None, le=None, lt=None) -> tuple[Any, str]:
+    """An int, or a finite float, within pydantic's bounds; in words 'an integer in [0, 5000]', 'a number > 0', ..."""
+    what, lo, hi = "an integer" if kind is int else "a number", (ge if gt is None else gt), (le if lt is None else lt)
+    if lo is not None and hi is not None:
+        what += f" in {'[' if gt is None else '('}{lo:g}, {hi:g}{']' if lt is None else ')'}"
+    elif lo is not None:
+        what += f" {'>=' if gt is None else '>'} {lo:g}"
+    if kind is int:
+        return Annotated[int, Field(ge=ge, gt=gt, le=le, lt=lt)], what
+    from_text = BeforeValidator(lambda v: _FLOAT.validate_strings(v) if isinstance(v, str) else v)   # `-p lr 1e-3`
+    return Annotated[float, Field(ge=ge, gt=gt, le=le, lt=lt, allow_inf_nan=False), from_text], what
 
 
-def _field(default: Any, rule: Rule) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
+def optional(kind: tuple[Any, str], word: str = "") -> tuple[Any, str]:      # `word`, if any, means null too
+    rule = Annotated[kind[0] | None, BeforeValidator(lambda v: None if word and v == word else v)]
+    return rule, f"{kind[1]} or null" + (f" ({word!r})" if word else "")
 
 
-def integer(default: int, min: int | None = None, max: int | None = None, note: str = "") -> Any:
-    return _field(default, Rule("int", min, max, note=note))
+def one_of(*options: str) -> tuple[Any, str]:
+    """One of `options`; true/false read as 'flip'/'none' where those are options (tta: the first checkpoint format)."""
+    words = {value: word for value, word in ((True, "flip"), (False, "none")) if word in options}
+    rule = Annotated[Literal[options], BeforeValidator(lambda v: words.get(v, v) if isinstance(v, bool) else v)]
+    return rule, "one of " + ", ".join(map(repr, options))
 
 
-def optional_integer(default: int | None, min: int | None = None, none_alias: str = "", note: str = "") -> Any:
-    return _field(default, Rule("optint", min, None, note=note, none_alias=none_alias))
+def matching(regex: str, allowed: str) -> tuple[Any, str]:     # Python's re.search, as the strings were always read
+    return Annotated[str, Field(pattern=re.compile(regex))], allowed
 
 
-def number(default: float, min: float | None = None, above: float | None = None, max: float | None = None,
-           below: float | None = None, note: str = "") -> Any:
-    return _field(default, Rule("float", min if above is None else above, max if below is None else below,
-                                lo_open=above is not None, hi_open=below is not None, note=note))
+_FLOAT = TypeAdapter(float)                                    # pydantic's reading of a number's text
+integer, number = partial(_bounded, int), partial(_bounded, float)
+FLAG = bool, "true or false"
+TEXT = matching(r"\S", "a non-empty string")
+PROFILE = matching(r"^[A-Za-z0-9_.-]+$", "a non-empty string of letters, digits, '_', '-' or '.' (it names a folder)")
+CSV_FILE = matching(r"\.csv\Z", "a non-empty string, a file name ending in .csv")
+DEVICE = matching(r"^(auto|cpu|mps|cuda(:\d+)?)$", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+PATH = (Annotated[TEXT[0] | None, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v)],
+        "a path (string) or null")
+POSITIVE_INTS = (Annotated[list[integer(gt=0)[0]], Field(min_length=1),
+                           BeforeValidator(lambda v: list(v) if isinstance(v, tuple) else v)],
+                 "a non-empty list of integers > 0")
 
 
-def flag(default: bool) -> Any:
-    return _field(default, Rule("bool"))
+def rule(default: Any, kind: tuple[Any, str], note: str = "") -> Any:
+    """A Config field: its default; its metadata: its rule (a strict pydantic TypeAdapter) and what it allows."""
+    how = {"default_factory": default.copy} if isinstance(default, list) else {"default": default}
+    return field(**how, metadata={"rule": TypeAdapter(kind[0], config=ConfigDict(strict=True)),
+                                  "allowed": kind[1] + (f" ({note})" if note else "")})
 
 
-def text(default: str) -> Any:
-    return _field(default, Rule("str"))
-
-
-def path(default: str | None) -> Any:
-    return _field(default, Rule("path"))
-
-
-def positive_ints(default: list[int]) -> Any:
-    return _field(default, Rule("ints"))
-
-
-def choice(default: str, options: tuple[str, ...]) -> Any:
-    return _field(default, Rule("choice", choices=options))
-
-
-def device_name_field(default: str) -> Any:
-    return _field(default, Rule("device"))
-
-
-# --------------------------------------------------------------------------------------------
-# The configuration
-# --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    profile: str = text("paper")
+    profile: str = rule("paper", PROFILE)
     # --- paths: outputs under the platform's output root, data_dir under the repository ---
-    data_dir: str | None = path(None)            # None: $CIFAR10_DIR, ./data, Kaggle's input, or download
-    run_dir: str | None = path(None)             # checkpoints + history; None: runs/<profile>/checkpoints
-    figures_dir: str = text("figures")
-    submission_path: str = text("submissions/submission.csv")
-    nolabel_path: str | None = path(None)        # None: found beside the data (utils.dataset.find_nolabel)
+    data_dir: str | None = rule(None, PATH)      # None: $CIFAR10_DIR, ./data, Kaggle's input, or download
+    run_dir: str | None = rule(None, PATH)       # checkpoints + history; None: runs/<profile>/checkpoints
+    figures_dir: str = rule("figures", TEXT)
+    submission_path: str = rule("submissions/submission.csv", CSV_FILE)
+    nolabel_path: str | None = rule(None, PATH)  # None: found beside the data (utils.dataset.find_nolabel)
     # --- data ---
-    subset_per_class: int = integer(0, min=0, max=IMAGES_PER_CLASS, note="0: all 5,000 per class")
-    val_fraction: float = number(0.1, min=0.0, below=1.0, note="0: no validation split, train on every image")
-    test_limit: int = integer(0, min=0, note="0: the whole labeled test set")
+    subset_per_class: int = rule(0, integer(ge=0, le=IMAGES_PER_CLASS), "0: all 5,000 per class")
+    val_fraction: float = rule(0.1, number(ge=0, lt=1), "0: no validation split, train on every image")
+    test_limit: int = rule(0, integer(ge=0), "0: the whole labeled test set")
     # --- model (the paper's CustomResNet) ---
-    channels: list[int] = positive_ints([48, 96, 128, 364])
-    blocks: list[int] = positive_ints([2, 2, 2, 2])
-    dropout: float = number(0.1, min=0.0, below=1.0)
+    channels: list[int] = rule([48, 96, 128, 364], POSITIVE_INTS)
+    blocks: list[int] = rule([2, 2, 2, 2], POSITIVE_INTS)
+    dropout: float = rule(0.1, number(ge=0, lt=1))
     # --- optimisation (the paper's recipe) ---
-    epochs: int = integer(100, min=1)
-    batch_size: int = integer(128, min=1)
-    lr: float = number(0.1, above=0.0, note="OneCycleLR's max_lr")
-    momentum: float = number(0.9, min=0.0, below=1.0, note="SGD's momentum where cycle_momentum is false")
-    cycle_momentum: bool = flag(True)            # OneCycleLR cycles SGD's momentum 0.95 -> 0.85 -> 0.95 (PyTorch's
+    epochs: int = rule(100, integer(ge=1))
+    batch_size: int = rule(128, integer(ge=1))
+    lr: float = rule(0.1, number(gt=0), "OneCycleLR's max_lr")
+    momentum: float = rule(0.9, number(ge=0, lt=1), "SGD's momentum where cycle_momentum is false")
+    cycle_momentum: bool = rule(True, FLAG)      # OneCycleLR cycles SGD's momentum 0.95 -> 0.85 -> 0.95 (PyTorch's
     #   default, which the paper's code ran): `momentum` is then not used. False: SGD keeps `momentum` throughout.
-    nesterov: bool = flag(False)
-    weight_decay: float = number(5e-4, min=0.0)
-    pct_start: float = number(0.1, above=0.0, below=1.0, note="the warm-up share of the schedule")
-    patience: int = integer(10, min=0, note="epochs without a better val accuracy before stopping; 0: never stop")
+    nesterov: bool = rule(False, FLAG)
+    weight_decay: float = rule(5e-4, number(ge=0))
+    pct_start: float = rule(0.1, number(gt=0, lt=1), "the warm-up share of the schedule")
+    patience: int = rule(10, integer(ge=0), "epochs without a better val accuracy before stopping; 0: never stop")
     # --- beyond the paper (all off in `paper`) ---
-    label_smoothing: float = number(0.0, min=0.0, below=1.0)
-    ema_decay: float = number(0.0, min=0.0, below=1.0, note="0: no weight averaging")
-    cutout: int = integer(0, min=0, max=IMAGE_SIDE - 1, note="side of the erased square, smaller than the image")
-    auto_augment: str = choice("none", AUTO_AUGMENT)     # trivialaugment: one random op and magnitude per image
-    mixup_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for MixUp; 0: off")
-    cutmix_alpha: float = number(0.0, min=0.0, note="Beta(alpha, alpha) for CutMix; 0: off")
-    tta: str = choice("none", TTA_MODES)                 # test-time augmentation at evaluation and submission
-    self_training: float = number(0.0, min=0.0, max=1.0,
-                                  note="share of the unlabeled images the members' ensemble labels, the most "
-                                       "confident per class, for a second training (utils.self_training); 0: off")
-    corruption_images: int = integer(1000, min=0, note="test images per corruption and severity; 0: all")
+    label_smoothing: float = rule(0.0, number(ge=0, lt=1))
+    ema_decay: float = rule(0.0, number(ge=0, lt=1), "0: no weight averaging")
+    cutout: int = rule(0, integer(ge=0, le=IMAGE_SIDE - 1), "side of the erased square, smaller than the image")
+    auto_augment: str = rule("none", one_of("none", "trivialaugment"))  # one random op and magnitude per image
+    mixup_alpha: float = rule(0.0, number(ge=0), "Beta(alpha, alpha) for MixUp; 0: off")
+    cutmix_alpha: float = rule(0.0, number(ge=0), "Beta(alpha, alpha) for CutMix; 0: off")
+    tta: str = rule("none", one_of("none", "flip", "flip_shift"))  # test-time augmentation at evaluation and submission
+    self_training: float = rule(0.0, number(ge=0, le=1), "share of the unlabeled images the members' ensemble "
+                                "labels, the most confident per class, for a second training (utils.self_training); "
+                                "0: off")
+    corruption_images: int = rule(1000, integer(ge=0), "test images per corruption and severity; 0: all")
     # --- runtime ---
-    seed: int = integer(0, min=0)
-    device: str = device_name_field("auto")      # auto: cuda, then mps, then cpu
-    deterministic: bool = flag(False)
-    amp: bool = flag(True)                       # mixed precision where the device gains from it (utils.runtime.device)
-    channels_last: bool = flag(True)             # where the device gains from it
-    compile: bool = flag(False)                  # torch.compile, where the device allows it
-    eval_batch_size: int = integer(500, min=1)
-    resume: bool = flag(True)                    # continue from run_dir/last.pt when it exists
+    seed: int = rule(0, integer(ge=0))
+    device: str = rule("auto", DEVICE)           # auto: cuda, then mps, then cpu
+    deterministic: bool = rule(False, FLAG)
+    amp: bool = rule(True, FLAG)                 # mixed precision where the device gains from it (utils.runtime.device)
+    channels_last: bool = rule(True, FLAG)       # where the device gains from it
+    compile: bool = rule(False, FLAG)            # torch.compile, where the device allows it
+    eval_batch_size: int = rule(500, integer(ge=1))
+    resume: bool = rule(True, FLAG)              # continue from run_dir/last.pt when it exists
     # --- members and sessions (run-time fields: changing them never blocks a resume) ---
-    members: int = integer(1, min=1, note="models of this recipe, each with its own training seed, averaged by "
-                                          "04 and 05")
-    member: int | None = optional_integer(None, min=0, none_alias="all",
-                                          note="which member notebook 03 / run.py trains; null: all of them")
-    max_epochs_this_call: int | None = optional_integer(None, min=0, note="0 or null: no limit; N: train at most "
-                                                                           "N epochs now, the next call resumes")
-    monitor_every: int = integer(5, min=0, note="with val_fraction 0: evaluate the labeled test batch every N "
-                                                "epochs and at the last, as a monitor that chooses nothing")
-    allow_unfinished: bool = flag(False)         # 04 / 05 use a member whose run has not finished, saying so
+    members: int = rule(1, integer(ge=1), "models of this recipe, each with its own training seed, averaged by 04 "
+                                          "and 05")
+    member: int | None = rule(None, optional(integer(ge=0), "all"), "which member notebook 03 / run.py trains; "
+                                                                    "null: all of them")
+    max_epochs_this_call: int | None = rule(None, optional(integer(ge=0)), "0 or null: no limit; N: train at most N "
+                                                                           "epochs now, the next call resumes")
+    monitor_every: int = rule(5, integer(ge=0), "with val_fraction 0: evaluate the labeled test batch every N epochs "
+                                                "and at the last, as a monitor that chooses nothing")
+    allow_unfinished: bool = rule(False, FLAG)   # 04 / 05 use a member whose run has not finished, saying so
 
     def __post_init__(self) -> None:
         problems, invalid = [], set()
-        for f in fields(self):
-            value, allowed = f.metadata["rule"].check(getattr(self, f.name))
-            if allowed is None:
-                setattr(self, f.name, value)
-            else:
-                problems.append(f"{f.name} = {value!r}: expected {allowed}")
+        for f in fields(self):                   # each field on its own, so the valid ones are coerced for the
+            value = getattr(self, f.name)         # cross-field rules even where another field is invalid
+            try:
+                setattr(self, f.name, f.metadata["rule"].validate_python(value))
+            except ValidationError:              # pydantic's verdict, said in this project's words
+                problems.append(f"{f.name} = {value!r}: expected {f.metadata['allowed']}")
                 invalid.add(f.name)
         problems += _cross_field_problems(self, invalid)
         if problems:
@@ -401,13 +298,8 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
                         "is the only view of training; expected monitor_every >= 1")
     if valid("nesterov", "momentum") and cfg.nesterov and cfg.momentum == 0:
         problems.append("nesterov = True with momentum = 0.0: Nesterov momentum needs momentum > 0")
-    if valid("profile") and not PROFILE_PATTERN.match(cfg.profile):
-        problems.append(f"profile = {cfg.profile!r}: expected letters, digits, '_', '-' or '.' (it names a folder)")
-    if valid("submission_path") and not cfg.submission_path.endswith(".csv"):
-        problems.append(f"submission_path = {cfg.submission_path!r}: expected a file name ending in .csv")
     if valid("subset_per_class", "val_fraction") and cfg.has_validation:
-        per_class = cfg.subset_per_class or IMAGES_PER_CLASS
-        n = per_class * NUM_CLASSES
+        n = (cfg.subset_per_class or IMAGES_PER_CLASS) * NUM_CLASSES
         n_val = math.ceil(n * cfg.val_fraction)
         if n_val < NUM_CLASSES or n - n_val < NUM_CLASSES:
             problems.append(f"subset_per_class = {cfg.subset_per_class} with val_fraction = {cfg.val_fraction}: "
@@ -463,8 +355,7 @@ def read_profile(name: str) -> dict[str, Any]:
         raise ConfigError([f"expected a mapping of Config fields, found a {type(params).__name__}"], str(path))
     unknown = unknown_names(params)
     if unknown:
-        raise ValueError(f"{path}: unknown parameter(s) {unknown}; valid names are the fields of "
-                         "utils.config.Config")
+        raise ValueError(f"{path}: unknown parameter(s) {unknown}; valid names are the fields of utils.config.Config")
     return params
 
 
@@ -478,18 +369,6 @@ def load_config(profile: str = "paper", **overrides: Any) -> Config:
         if overrides:
             source += f" with {', '.join(sorted(overrides))} set"
         raise ConfigError(err.problems, source) from None
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """A profile with overrides, as the benchmarks take it: 'fast:ema_decay=0,cutout=0' -> ('fast', {...})."""
-    name, _, rest = spec.partition(":")
-    overrides: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in Config.field_names():
-            raise ValueError(f"bad override {item!r} in {spec!r}: use FIELD=VALUE with a field of utils.config.Config")
-        overrides[key] = yaml.safe_load(value)
-    return name, overrides
 
 
 def config_from_namespace(namespace: Mapping[str, Any]) -> Config:

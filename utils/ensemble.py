@@ -32,8 +32,9 @@ from .checkpoint import CheckpointError, Progress, load_checkpoint, load_trained
 from .config import STUDENT_FOLDER, Config, recipe_differences
 from .corruptions import robustness_table
 from .evaluate import classification_table, corruption_images, predict_with_checkpoint, uint8_log_probs
-from .runtime.device import ExecutionPlan, progress_bars
+from .runtime.device import ExecutionPlan
 from .runtime.locate import MEMBER_PREFIX, TRAIN_LOG
+from .runtime.progress import progress_bars
 
 ENSEMBLE = "ensemble"
 STUDENT = "self-trained"      # the model of the self-training round (utils.self_training), beside the members

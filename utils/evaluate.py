@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_trained_model
 from .config import Config
-from .corruptions import robustness_table, summarize
+from .corruptions import robustness_table
 from .dataset import Splits, prepare_splits
 from .loader import DeviceLoader
-from .runtime.device import ExecutionPlan, decide, progress_bars
+from .runtime.device import ExecutionPlan, decide
+from .runtime.progress import progress_bars
 
 TTA_SHIFT = 2                 # pixels; within the training crops' +-4
 
@@ -152,25 +152,6 @@ def robustness(model: nn.Module, checkpoint: dict, images: np.ndarray, labels: n
     uint8 = corruption_images(images, cfg, device)
     return robustness_table(lambda batch: uint8_log_probs(model, checkpoint, batch, cfg, plan).argmax(1), uint8,
                             labels[:len(uint8)], seed=cfg.seed, limit=0, progress=progress_bars(progress))
-
-
-def evaluate_checkpoint(path, cfg: Config, splits: Splits, plan: ExecutionPlan) -> dict[str, float | None]:
-    """A trained model's headline numbers: clean validation accuracy (None without a split), test accuracy with
-    the profile's TTA and without, and the mean accuracy under corruptions (utils.corruptions)."""
-    model, ckpt = load_trained_model(path, plan.device)
-    norm = ckpt["normalization"]
-
-    def acc(images: np.ndarray, labels: np.ndarray, tta: str = "none") -> float:
-        loader = DeviceLoader(images, labels, norm["mean"], norm["std"], cfg.eval_batch_size, plan.device,
-                              channels_last=plan.channels_last)
-        return evaluate_loader(model, loader, tta, plan)["acc"]
-
-    plain = acc(splits.test_images, splits.test_labels)
-    table = robustness(model, ckpt, splits.test_images, splits.test_labels, cfg, plan, progress=False)
-    return {"best_epoch": int(ckpt["epoch"]),
-            "val_acc": acc(splits.val_images, splits.val_labels) if len(splits.val_labels) else None,
-            "test_acc": acc(splits.test_images, splits.test_labels, cfg.tta) if cfg.tta != "none" else plain,
-            "test_acc_no_tta": plain, "mean_corruption_acc": summarize(table)["corruption_accuracy"]}
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -18,7 +18,7 @@ Design choices:
   cancelled) skips its cleanup, so each member watches its parent (`--launcher-pid`) and ends itself once that
   is gone; its last.pt, written atomically each epoch, is what a rerun resumes.
 - Before any process starts, every member folder's last.pt is checked as resume checks it
-  (`utils.train.check_resumable`): one of another recipe is refused, naming the member.
+  (`utils.resume.check_resumable`): one of another recipe is refused, naming the member.
 - Inference never imports this module (utils.ensemble reads the members' best.pt).
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -41,9 +40,10 @@ import pandas as pd
 
 from .checkpoint import CheckpointError, Progress, load_checkpoint, read_progress
 from .config import Config
+from .resume import check_resumable
 from .runtime import platforms
+from .runtime.launch import child_env, end_with_launcher, how_it_ended
 from .runtime.locate import TRAIN_LOG
-from .train import check_resumable
 
 
 class MemberError(RuntimeError):
@@ -139,19 +139,6 @@ def default_devices(cfg: Config) -> list[str]:
     return [cfg.device]
 
 
-def _child_env(device: str) -> tuple[dict[str, str], str]:
-    """The environment of a member process on `device` and the device name it uses inside."""
-    from .runtime.device import PROGRESS_ENV
-    env = {**os.environ, PROGRESS_ENV: "lines", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(platforms.REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
-        return env, "cuda"
-    return env, device
-
-
 def _unfinished(cfg: Config, indices: Sequence[int], log: Callable[[str], object]) -> list[int]:
     """The members still to train; a member folder whose last.pt is another recipe's is refused here."""
     todo, problems = [], []
@@ -172,14 +159,6 @@ def _unfinished(cfg: Config, indices: Sequence[int], log: Callable[[str], object
     if problems:
         raise CheckpointError("\n".join(problems))
     return todo
-
-
-def _how_it_ended(code: int) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        return f"killed by {name}" + (" (out of memory? the system's OOM killer sends SIGKILL)"
-                                      if name == "SIGKILL" else "")
-    return f"exit code {code}"
 
 
 def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callable[[str], object] = print,
@@ -210,7 +189,7 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
     started_all = time.perf_counter()
 
     def start(k: int, slot: int) -> None:
-        env, device = _child_env(slots[slot])
+        env, device = child_env(slots[slot])
         folder = cfg.member_path(k)
         folder.mkdir(parents=True, exist_ok=True)
         logfile = open(folder / TRAIN_LOG, "a", buffering=1)  # noqa: SIM115 (closed when the process ends)
@@ -252,9 +231,9 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
                 log(f"[member {k}] done in {time.perf_counter() - began:.0f} s")
             else:
                 tail = (cfg.member_path(k) / TRAIN_LOG).read_text().splitlines()[-3:]
-                dead.append(f"member {k} died ({_how_it_ended(code)}); its log: {cfg.member_path(k) / TRAIN_LOG}"
+                dead.append(f"member {k} died ({how_it_ended(code)}); its log: {cfg.member_path(k) / TRAIN_LOG}"
                             + "".join(f"\n    {t}" for t in tail))
-                log(f"[member {k}] DIED ({_how_it_ended(code)}); the other members go on")
+                log(f"[member {k}] DIED ({how_it_ended(code)}); the other members go on")
     except BaseException:                       # Ctrl-C, or the caller's error: stop the children too
         for proc, *_ in running.values():
             proc.terminate()
@@ -275,16 +254,6 @@ def train_members(cfg: Config, devices: Sequence[str] | None = None, log: Callab
 # --------------------------------------------------------------------------------------------
 # The member process: python -m utils.members --config JSON
 # --------------------------------------------------------------------------------------------
-def end_with_launcher(launcher_pid: int, every_s: float = 1.0) -> None:
-    """End this process (SIGTERM to itself) once its parent is no longer `launcher_pid`, checked every `every_s`."""
-    def watch() -> None:
-        while os.getppid() == launcher_pid:
-            time.sleep(every_s)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one ensemble member (started by train_members).")
     parser.add_argument("--config", required=True, help="the member's Config as JSON (member and device set)")

@@ -1,5 +1,5 @@
-"""The runtime decisions, in one place: which device, and which precision, layout and compilation it gets,
-seeding, RNG state across machines, and whether to draw progress bars.
+"""The runtime decisions, in one place: which device, and which precision, layout and compilation it gets.
+(Seeding and RNG state are utils.runtime.rng; whether to draw progress bars, utils.runtime.progress.)
 
 ExecutionPlan: one decision, made once per run.
 
@@ -50,13 +50,6 @@ Kaggle's current torch ships no sm_60 kernels, so its P100 fails at the first ke
 no kernel image is available for execution on the device"; `check_device` refuses it up front and
 says to pick the T4 accelerator instead.
 
-Seeding and RNG state: `seed_everything` seeds python, numpy and torch (all devices); `rng_state` /
-`set_rng_state` save and restore them, also on another machine (CUDA states are restored for the GPUs
-both machines have: a run from Kaggle's 2 x T4 resumes on one GPU or a CPU).
-
-Progress: bars in a live notebook or terminal; none in a batch run (`run.py` sets CIFAR10_PROGRESS=lines),
-whose saved notebooks would otherwise keep widgets frozen at 0 %.
-
 Emulation (`CIFAR10_EMULATE`, for CI and for anyone without a GPU): every student trains on a T4, and CI has no
 GPU. torch runs fp16 autocast, `GradScaler("cpu")` and fused SGD on the CPU too, so `CIFAR10_EMULATE=t4` makes
 `decide` on a CPU return the plan a T4 gets (fed a T4's facts: compute capability 7.5) and `bf16-gpu` the plan of
@@ -72,22 +65,18 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = [
     "DeviceError", "ExecutionPlan", "cpu_flags", "cpu_has_native_bf16", "gpu_arch_supported", "check_device",
-    "compile_allowed", "decide", "device_name", "pick_device", "resolve_device", "seed_everything",
-    "rng_state", "set_rng_state", "progress_bars", "PROGRESS_ENV", "synchronize", "timed", "EMULATE_ENV",
+    "compile_allowed", "decide", "device_name", "pick_device", "resolve_device", "synchronize", "EMULATE_ENV",
     "EMULATED", "emulated_device",
 ]
 
@@ -375,11 +364,8 @@ def device_name(device: torch.device | str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Device choice, seeding, RNG state, progress
+# Device choice
 # --------------------------------------------------------------------------------------------
-PROGRESS_ENV = "CIFAR10_PROGRESS"      # "lines": no progress bars (a batch run), one line per epoch instead
-
-
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other value is used as given (see `resolve_device`)."""
     if name != "auto":
@@ -398,62 +384,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (every device); `deterministic` also asks torch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore `rng_state()`, also on another machine: CUDA states are restored for the GPUs both machines have
-    (a run from Kaggle's 2 x T4 resumes on one GPU, or on a CPU, where they are ignored)."""
-    torch.set_rng_state(state["torch"])
-    cuda = list(state.get("cuda") or [])
-    if cuda and torch.cuda.is_available():
-        for index, cuda_state in enumerate(cuda[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); a no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(step, warmup: int, steps: int, device: torch.device) -> tuple[float, Any]:
-    """Run `step()` `warmup` times untimed, then `steps` times as one timed block, synchronising the device only
-    at its two ends (no per-step syncs: the GPU keeps its normal queue). Returns (seconds, the last result)."""
-    result = None
-    for _ in range(warmup):
-        result = step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        result = step()
-    synchronize(device)
-    return time.perf_counter() - start, result
-
-
-def progress_bars(wanted: bool = True) -> bool:
-    """Bars in a live notebook or terminal; none in a batch run (`run.py` sets CIFAR10_PROGRESS=lines), whose saved
-    notebooks would otherwise keep widgets frozen at 0 %."""
-    return wanted and os.environ.get(PROGRESS_ENV, "bars") != "lines"

@@ -1,8 +1,8 @@
 """Progress bars that render where they are shown: widgets where the front end draws them, text where it does not.
 
 Decisions, and why:
-- A batch run (`run.py` sets CIFAR10_PROGRESS=lines, utils.runtime.device.progress_bars) shows no bar at all: its saved
-  notebooks would keep bars frozen, and the epoch lines tell the story.
+- A batch run (`run.py` sets CIFAR10_PROGRESS=lines, `progress_bars`) shows no bar at all: its saved notebooks
+  would keep widget bars frozen at 0 %, and the epoch lines tell the story.
 - Kaggle: text bars (`tqdm.std`). Kaggle's notebook front end shows a `tqdm.auto` widget bar as "Loading
   widget..." and nothing else (Kaggle/docker-python#1443, "tqdm is completely broken", open since 2024-11-23: "a
   FE change that has introduced an incompatibility between the BE envs and the FE"); a text bar is plain stream
@@ -13,6 +13,7 @@ Decisions, and why:
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,7 @@ from . import platforms
 
 # Does the platform's notebook front end render ipywidgets (hence tqdm.auto's widget bars)? Sources above.
 WIDGETS_RENDER = {"colab": True, "kaggle": False, "local": True}
+PROGRESS_ENV = "CIFAR10_PROGRESS"      # "lines": no progress bars (a batch run), one line per epoch instead
 
 
 def bar_class(platform: str | None = None) -> type:
@@ -37,3 +39,9 @@ def bar(iterable: Iterable | None = None, enabled: bool = True, **kwargs: Any):
     """A tqdm bar over `iterable` of the kind this platform renders (`bar_class`); `enabled=False` draws nothing
     (the bar still iterates, and `set_postfix` / `close` still work)."""
     return bar_class()(iterable, disable=not enabled, **kwargs)
+
+
+def progress_bars(wanted: bool = True) -> bool:
+    """Bars in a live notebook or terminal; none in a batch run (`run.py` sets CIFAR10_PROGRESS=lines), whose saved
+    notebooks would otherwise keep widgets frozen at 0 %."""
+    return wanted and os.environ.get(PROGRESS_ENV, "bars") != "lines"
