@@ -7,7 +7,7 @@ utils.corruptions corruption, drawn at random per image, at --severity; seeded) 
 unlabeled pickle (ids shuffled, labels withheld). Then, with the project's own code:
 1. the members of the recipe train (utils.train.fit), or an existing run's are used (--base-run);
 2. the members' ensemble is measured on the clean test images and on the shifted copy, and again on the shifted
-   copy after each member's BatchNorm statistics are re-estimated on it (utils.evaluate.adapt_batchnorm);
+   copy after each member's BatchNorm statistics are re-estimated on it (`adapt_batchnorm`, below);
 3. unless --no-round, the round runs (utils.self_training.train_student: the ensemble labels the shifted copy,
    the `--share` most confident per class join the training images, the same model trains again, same seed) and
    the student is measured the same way.
@@ -21,6 +21,7 @@ sees the very images it is scored on, without their labels). Output: a markdown 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pickle
 import sys
@@ -33,16 +34,36 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from benchmarks.spec import parse_spec  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.corruptions import CORRUPTIONS, corrupt, corruption_generator  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
 from utils.ensemble import ensemble_probabilities, find_members, find_student, predict_members  # noqa: E402
-from utils.evaluate import accuracy, adapt_batchnorm  # noqa: E402
+from utils.evaluate import accuracy  # noqa: E402
+from utils.loader import DeviceLoader  # noqa: E402
 from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
 from utils.self_training import train_student  # noqa: E402
 from utils.train import fit  # noqa: E402
+
+
+def adapt_batchnorm(model: nn.Module, checkpoint: dict, images: np.ndarray, device: torch.device,
+                    batch_size: int = 500) -> nn.Module:
+    """A copy of `model` whose BatchNorm statistics are re-estimated on `images` (uint8 NHWC), every weight kept:
+    test-time BN adaptation (Schneider et al. 2020), the training statistics replaced by those of the new images'
+    source. Measured here (docs/benchmarks.md): it does not pay on the shifted copy, so the pipeline does not use it."""
+    adapted = copy.deepcopy(model).to(device)
+    for module in adapted.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None                    # a cumulative average over every batch, not the last few
+    norm = checkpoint["normalization"]
+    adapted.train()
+    with torch.no_grad():
+        for x, _ in DeviceLoader(images, None, norm["mean"], norm["std"], batch_size, device, train=False):
+            adapted(x)
+    return adapted.eval()
 
 
 def shifted_copy(images: np.ndarray, severity: int, seed: int) -> np.ndarray:

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.self_training import adapt_batchnorm
 from utils.evaluate import (
     TTA_SHIFT,
-    adapt_batchnorm,
     classification_table,
     confusion,
     most_confident_mistakes,

@@ -16,7 +16,6 @@ Design choices:
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -100,24 +99,6 @@ def predict_with_checkpoint(model: nn.Module, checkpoint: dict, images: np.ndarr
     """Softmax probabilities (N, 10) normalized with the mean/std stored in the model's checkpoint."""
     norm = checkpoint["normalization"]
     return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size, tta, plan)
-
-
-def adapt_batchnorm(model: nn.Module, checkpoint: dict, images: np.ndarray, device: torch.device,
-                    batch_size: int = 500) -> nn.Module:
-    """A copy of `model` whose BatchNorm statistics are re-estimated on `images` (uint8 NHWC), every weight kept:
-    test-time BN adaptation (Schneider et al. 2020), the training statistics replaced by those of the new images'
-    source. Measured before any profile uses it: docs/benchmarks.md (benchmarks/self_training.py)."""
-    adapted = copy.deepcopy(model).to(device)
-    for module in adapted.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None                    # a cumulative average over every batch, not the last few
-    norm = checkpoint["normalization"]
-    adapted.train()
-    with torch.no_grad():
-        for x, _ in DeviceLoader(images, None, norm["mean"], norm["std"], batch_size, device, train=False):
-            adapted(x)
-    return adapted.eval()
 
 
 def checkpoint_splits(checkpoint: dict, cfg: Config) -> Splits:
