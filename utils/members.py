@@ -4,9 +4,8 @@ Design choices:
 - A member is `utils.train.fit` of the same Config with `member = k`: its own training seed and folder
   (`Config.training_seed`, `Config.member_path`: member 0 = run_path, member k = run_path / "member-k"), the
   data of `seed`. This module only launches, watches and reports; it trains nothing itself.
-- One process per member, each a FRESH interpreter (`python -m utils.members`, started with subprocess: a
-  fork + exec, never a fork of the caller): a notebook kernel has already touched CUDA, which a forked child
-  cannot use. Each process sees one GPU through CUDA_VISIBLE_DEVICES (Kaggle's T4 x2: two members side by
+- One process per member, each a fresh interpreter (`python -m utils.members`) seeing one GPU, its environment
+  and its end with the launcher as utils.runtime.launch sets them (Kaggle's T4 x2: two members side by
   side); with one GPU, or a CPU, the members run one after another. `devices` may name the slots instead
   (["cpu", "cpu"]: two CPU processes, the tests' stand-in for two GPUs); CPU slots that run side by side share
   the cores (`threads` each; default: the cores divided among them).
@@ -14,9 +13,8 @@ Design choices:
   its folder. A process that dies (out of memory, killed) does not stop the others; the call then ends with
   a `MemberError` naming each dead member, how it ended and its log. Calling again trains only what is
   unfinished: finished members are skipped, the others resume from their own last.pt.
-- A member process never outlives its launcher: SIGTERM or SIGKILL to the launcher (a kernel restarted, a job
-  cancelled) skips its cleanup, so each member watches its parent (`--launcher-pid`) and ends itself once that
-  is gone; its last.pt, written atomically each epoch, is what a rerun resumes.
+- A member process never outlives its launcher (`--launcher-pid`, utils.runtime.launch.end_with_launcher); its
+  last.pt, written atomically each epoch, is what a rerun resumes.
 - Before any process starts, every member folder's last.pt is checked as resume checks it
   (`utils.resume.check_resumable`): one of another recipe is refused, naming the member.
 - Inference never imports this module (utils.ensemble reads the members' best.pt).

@@ -57,8 +57,8 @@ an A100 / L4 / H100 (8.0), executed on the CPU through the same step, save and r
 refused on any other device (emulation is for CPUs) and for an unknown value. On a CPU without native fp16/bf16
 the emulated plans are several times slower than fp32: they are for checking the path, not for training.
 
-This module imports only torch, numpy and the standard library: it sits below the rest of `utils`
-but `config`-free, so the benchmarks and the GPU kit use it as is.
+This module imports only torch and the standard library: like all of `utils.runtime` it sits below the
+student-facing modules and knows nothing of `Config`, so the benchmarks and the GPU kit use it as is.
 """
 from __future__ import annotations
 
