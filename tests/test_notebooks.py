@@ -3,12 +3,13 @@
 Fast: each notebook is committed clean (no outputs), its first code cell is tagged `parameters`, declares only
 Config fields (plus REPO_URL) with Config's defaults and none that a profile sets; all share one setup cell, which
 refuses the placeholder REPO_URL and clones / updates the repository; every notebook ends with what it produced.
-Slow (`-m notebooks`, about 3 minutes on 2 CPU cores): `python run.py --profile tiny` end to end on real CIFAR-10
-into temporary folders, its figures, tables, printed values and a whole submission, then nbval on the executed
-copies (`--nbval-lax`: every cell must run; cells marked `# NBVAL_CHECK_OUTPUT` must print the same again); the
-`leaderboard` profile (val_fraction 0) at tiny scale through all five notebooks; and (`slow`) a short fit on real
-images that must learn. (`smoke`, minutes, is the README's demonstration, not a test; tests/test_twins.py runs the
-notebooks as a student does, on Colab's and Kaggle's facts.)
+Slow (`-m notebooks`, minutes on 2 CPU cores): `python run.py --profile tiny` end to end on real CIFAR-10 into
+temporary folders, its figures, tables, printed values and a whole submission, then nbval on the executed copies
+(`--nbval-lax`: every cell must run; cells marked `# NBVAL_CHECK_OUTPUT` must print the same again); the
+`leaderboard` profile (val_fraction 0) at tiny scale through all five notebooks; a run paused on the CPU's plan and
+resumed under the emulated T4's (notebooks 01-03, twice); and (`slow`) a short fit on real images that must learn.
+(`smoke`, minutes, is the README's demonstration, not a test; tests/test_twins.py runs the notebooks as a student
+does, on Colab's and Kaggle's facts.)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from platform_facts import SHEETS
 
@@ -290,13 +292,14 @@ def test_run_py_lists_profiles_and_rejects_unknown_parameters():
 # --------------------------------------------------------------------------------------------
 # Slow: the whole pipeline on the tiny profile through run.py, nbval on what it produced, and a real learning check
 # --------------------------------------------------------------------------------------------
-def run_profile(profile: str, folder: Path, cifar_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess,
-                                                                                          dict[str, Path]]:
-    """`python run.py --profile PROFILE` with every output in `folder` (the committed figures stay untouched)."""
+def run_profile(profile: str, folder: Path, cifar_dir: Path, *overrides: str,
+                env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
+    """`python run.py --profile PROFILE` with every output in `folder` (the committed figures stay untouched);
+    `env`: variables set for this call beside CIFAR10_DIR."""
     out = {"executed": folder / "executed", "run_dir": folder / "checkpoints", "figures_dir": folder / "figures",
            "submission_path": folder / "submission.csv"}
     args = [a for key in ("run_dir", "figures_dir", "submission_path") for a in ("-p", key, str(out[key]))]
-    env = {**os.environ, "CIFAR10_DIR": str(cifar_dir)}
+    env = {**os.environ, "CIFAR10_DIR": str(cifar_dir), **(env or {})}
     done = subprocess.run([sys.executable, "run.py", "--profile", profile, "--out", str(out["executed"]), *args,
                            *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
@@ -338,6 +341,37 @@ def test_a_split_run_pauses_after_03_with_exit_0_then_the_same_command_finishes(
     assert "[4/5] 04_analysis.ipynb" not in first.stdout, "04 ran on an unfinished member"
     assert not PAUSED.search(second.stdout) and "All 5 notebooks ran" in second.stdout, second.stdout[-3000:]
     assert f"Resumed {out['run_dir'] / 'last.pt'} after epoch 1" in second.stdout
+
+
+@pytest.mark.notebooks
+def test_a_run_started_on_the_cpu_goes_on_under_the_t4_plan(tmp_path, cifar_dir, monkeypatch):
+    """A Colab student's path (docs/platforms.md): notebook 03 started on the default CPU runtime pauses, the
+    runtime is switched to a T4 and the same command runs again. The T4 is $CIFAR10_EMULATE=t4 (its plan executed
+    on the CPU, utils.runtime.device). The second call resumes the CPU's last.pt and trains an epoch under the T4's
+    plan: the checkpoint it writes holds fused SGD, a GradScaler's state, channels_last momentum and finite weights.
+    (Before the fix, the CPU's saved `fused: None` came back with the optimizer state and GradScaler.step failed.)"""
+    from utils.checkpoint import load_checkpoint
+    monkeypatch.delenv("CIFAR10_EMULATE", raising=False)
+    split = ("-p", "subset_per_class", "10", "-p", "epochs", "3", "-p", "max_epochs_this_call", "1")
+    on_cpu, out = run_profile("tiny", tmp_path, cifar_dir, *split)
+    assert on_cpu.returncode == 0 and "paused after 03_train.ipynb: member 0 at epoch 1 of 3" in on_cpu.stdout, \
+        on_cpu.stdout[-3000:] + on_cpu.stderr[-3000:]
+    cpu_last = load_checkpoint(out["run_dir"] / "last.pt")
+    assert cpu_last["scaler"] is None and not cpu_last["optimizer"]["param_groups"][0].get("fused")
+    on_t4, _ = run_profile("tiny", tmp_path, cifar_dir, *split, env={"CIFAR10_EMULATE": "t4"})
+    assert on_t4.returncode == 0, on_t4.stdout[-3000:] + on_t4.stderr[-3000:]
+    assert "(emulated T4 plan: fp16 autocast + GradScaler + fused SGD + channels_last" in on_t4.stdout
+    assert f"Resumed {out['run_dir'] / 'last.pt'} after epoch 1" in on_t4.stdout
+    assert "paused after 03_train.ipynb: member 0 at epoch 2 of 3" in on_t4.stdout, on_t4.stdout[-3000:]
+    t4_last = load_checkpoint(out["run_dir"] / "last.pt")
+    assert t4_last["epoch"] == 2 and t4_last["optimizer"]["param_groups"][0]["fused"] is True
+    assert t4_last["scaler"]["scale"] > 0
+    buffers = [s["momentum_buffer"] for s in t4_last["optimizer"]["state"].values()
+               if s["momentum_buffer"].ndim == 4 and s["momentum_buffer"].shape[-1] == 3]
+    assert buffers and all(b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+                           for b in buffers)
+    assert all(torch.isfinite(w).all() for w in t4_last["model"].values() if w.is_floating_point())
+    assert any(not torch.equal(cpu_last["model"][k], w) for k, w in t4_last["model"].items()), "no step was taken"
 
 
 @pytest.mark.notebooks
