@@ -1,7 +1,8 @@
 """The plans a T4 and a bf16 GPU get, executed on the CPU ($CIFAR10_EMULATE, utils.runtime.device): through the
 project's own decision, step (train_batch), save and restore. torch runs fp16 autocast, GradScaler("cpu") and fused
-SGD on the CPU, so the Python-level path every student's T4 runs is the one tested here. On a CPU without native
-fp16/bf16 these plans are several times slower than fp32, hence the narrow model (TINY) on a few real images."""
+SGD on the CPU, so the Python-level path every student's T4 runs is the one tested here; beside them, the plan of a
+CPU with native bf16. On a CPU without native fp16/bf16 these plans are several times slower than fp32, hence the
+narrow model (TINY) on a few real images."""
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ TINY = dict(subset_per_class=20, epochs=2, batch_size=64, test_limit=100, determ
 # What each plan must build, written out here rather than read back from utils.runtime.device: SGD's `fused` flag
 # (None is torch's default, the foreach/for-loop kernels) and whether weights and momentum buffers are channels_last.
 PLANS = {"cpu": {"fused": None, "channels_last": False},        # this AVX2 CI machine: fp32, contiguous
+         "cpu-bf16": {"fused": None, "channels_last": True},    # avx512_bf16 or amx_bf16: bf16 + channels_last
          "t4": {"fused": True, "channels_last": True},          # fp16 + GradScaler + fused SGD + channels_last
          "bf16-gpu": {"fused": None, "channels_last": True}}    # bf16 + channels_last, no scaler
 
@@ -37,19 +39,28 @@ def splits(cifar_dir):
 
 
 def plan_of(name: str):
-    return decide("cpu", emulate="" if name == "cpu" else name, cpu_flags=set())   # "cpu": the plain x86 plan
+    """The plan `name` gets: the CPU's own decision (fed a native-bf16 CPU's flags for "cpu-bf16"; torch executes
+    its bf16 in software on a CPU without them), else the emulated GPU class's."""
+    if name.startswith("cpu"):
+        return decide("cpu", emulate="", cpu_flags={"avx512_bf16"} if name == "cpu-bf16" else set())
+    return decide("cpu", emulate=name, cpu_flags=set())
+
+
+def set_plan(patch: pytest.MonkeyPatch, name: str) -> None:
+    """Every decision of this process made plan_of(name)'s: the CPU's bf16 support as `name` says, and
+    $CIFAR10_EMULATE set for a GPU class, as a student's CIFAR10_EMULATE=t4 does."""
+    patch.setattr("utils.runtime.device.cpu_has_native_bf16", lambda flags=None: name == "cpu-bf16")
+    if name.startswith("cpu"):
+        patch.delenv(EMULATE_ENV, raising=False)
+    else:
+        patch.setenv(EMULATE_ENV, name)
 
 
 @pytest.fixture
 def under(monkeypatch):
-    """under("t4") makes every decision of this process the emulated T4's, as CIFAR10_EMULATE=t4 does."""
-    def set_plan(name: str) -> None:
-        if name == "cpu":
-            monkeypatch.delenv(EMULATE_ENV, raising=False)
-        else:
-            monkeypatch.setenv(EMULATE_ENV, name)
-    monkeypatch.setattr("utils.runtime.device.cpu_has_native_bf16", lambda flags=None: False)   # "cpu": fp32
-    return set_plan
+    """under("t4") makes every decision of this process the emulated T4's (set_plan), undone after the test."""
+    set_plan(monkeypatch, "cpu")
+    return lambda name: set_plan(monkeypatch, name)
 
 
 def conv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -93,12 +104,8 @@ def trained(tmp_path_factory, splits) -> dict[str, Path]:
     resumes it) and the same run trained straight through both epochs (`<root>/straight`)."""
     roots = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("utils.runtime.device.cpu_has_native_bf16", lambda flags=None: False)
         for name in PLANS:
-            if name == "cpu":
-                patch.delenv(EMULATE_ENV, raising=False)
-            else:
-                patch.setenv(EMULATE_ENV, name)
+            set_plan(patch, name)
             roots[name] = tmp_path_factory.mktemp(name)
             cfg = Config(**{**TINY, "run_dir": str(roots[name] / "epoch1")})
             fit(cfg, splits, progress=False, max_epochs_this_call=1, log=lambda line: None)
