@@ -293,13 +293,13 @@ def test_run_py_lists_profiles_and_rejects_unknown_parameters():
 # Slow: the whole pipeline on the tiny profile through run.py, nbval on what it produced, and a real learning check
 # --------------------------------------------------------------------------------------------
 def run_profile(profile: str, folder: Path, cifar_dir: Path, *overrides: str,
-                env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
+                extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
     """`python run.py --profile PROFILE` with every output in `folder` (the committed figures stay untouched);
-    `env`: variables set for this call beside CIFAR10_DIR."""
+    `extra_env`: variables set for this call beside CIFAR10_DIR."""
     out = {"executed": folder / "executed", "run_dir": folder / "checkpoints", "figures_dir": folder / "figures",
            "submission_path": folder / "submission.csv"}
     args = [a for key in ("run_dir", "figures_dir", "submission_path") for a in ("-p", key, str(out[key]))]
-    env = {**os.environ, "CIFAR10_DIR": str(cifar_dir), **(env or {})}
+    env = {**os.environ, "CIFAR10_DIR": str(cifar_dir), **(extra_env or {})}
     done = subprocess.run([sys.executable, "run.py", "--profile", profile, "--out", str(out["executed"]), *args,
                            *overrides], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
@@ -345,7 +345,7 @@ def test_a_split_run_pauses_after_03_with_exit_0_then_the_same_command_finishes(
 
 @pytest.mark.notebooks
 def test_a_run_started_on_the_cpu_goes_on_under_the_t4_plan(tmp_path, cifar_dir, monkeypatch):
-    """A Colab student's path (docs/platforms.md): notebook 03 started on the default CPU runtime pauses, the
+    """A Colab student's path (docs/platforms.md, step 6): notebook 03 started on the default CPU runtime pauses, the
     runtime is switched to a T4 and the same command runs again. The T4 is $CIFAR10_EMULATE=t4 (its plan executed
     on the CPU, utils.runtime.device). The second call resumes the CPU's last.pt and trains an epoch under the T4's
     plan: the checkpoint it writes holds fused SGD, a GradScaler's state, channels_last momentum and finite weights.
@@ -358,7 +358,7 @@ def test_a_run_started_on_the_cpu_goes_on_under_the_t4_plan(tmp_path, cifar_dir,
         on_cpu.stdout[-3000:] + on_cpu.stderr[-3000:]
     cpu_last = load_checkpoint(out["run_dir"] / "last.pt")
     assert cpu_last["scaler"] is None and not cpu_last["optimizer"]["param_groups"][0].get("fused")
-    on_t4, _ = run_profile("tiny", tmp_path, cifar_dir, *split, env={"CIFAR10_EMULATE": "t4"})
+    on_t4, _ = run_profile("tiny", tmp_path, cifar_dir, *split, extra_env={"CIFAR10_EMULATE": "t4"})
     assert on_t4.returncode == 0, on_t4.stdout[-3000:] + on_t4.stderr[-3000:]
     assert "(emulated T4 plan: fp16 autocast + GradScaler + fused SGD + channels_last" in on_t4.stdout
     assert f"Resumed {out['run_dir'] / 'last.pt'} after epoch 1" in on_t4.stdout
