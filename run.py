@@ -17,7 +17,9 @@ starts: a bad value fails in seconds with exit code 2. Executed copies go to run
 What the notebooks print is shown while they run (a Colab or Kaggle cell that runs this command is
 the only place a student looks during a run of hours): each notebook's start and end, the platform
 line, every epoch line, the projected wall time and the Kaggle verdict, refusals with their fix.
-`--quiet` shows papermill's cell bar instead; the executed copies keep everything either way.
+What a setup cell printed before in this call (the platform line, the profile's notes, the install
+report) is shown once, not before each notebook (`ShownOnce`). `--quiet` shows papermill's cell bar
+instead; the executed copies keep everything either way.
 
 A run split over sessions (`-p max_epochs_this_call N`) pauses: when notebook 03 has trained its
 epochs and a member's schedule is not done, the run stops after 03 with exit code 0 and one line
@@ -34,7 +36,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -152,6 +154,53 @@ def paused(cfg: Config) -> str | None:
             f"has finished. Next: {platforms.how_to_continue()}")
 
 
+class ShownOnce:
+    """What the notebooks print, on its way to `out` (papermill's `stdout_file`): passed on as it comes, except a
+    whole line in `said`, which is left out. run.py puts there what it printed itself and, after each notebook, what
+    that notebook's setup cell printed (`setup_said`): every setup cell prints the same platform line, notes and
+    install report, which a run's stream then shows once. A line's start is held back only while it may become
+    such a line."""
+
+    def __init__(self, out: TextIO, said: set[str]) -> None:
+        self.out, self.said = out, said
+        self.pending = ""            # the start of a line, held back
+        self.mid_line = False        # the start of the current line was passed on already
+
+    def write(self, text: str) -> int:
+        *lines, rest = (self.pending + text).split("\n")
+        for line in lines:
+            if self.mid_line or line not in self.said:
+                self.out.write(line + "\n")
+            self.mid_line = False
+        self.pending = rest
+        if rest and (self.mid_line or not any(line.startswith(rest) for line in self.said)):
+            self.out.write(rest)
+            self.pending, self.mid_line = "", True
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def end(self) -> None:
+        """At the end of a notebook: pass on what was held back."""
+        if self.pending:
+            self.out.write(self.pending + "\n")
+        self.pending, self.mid_line = "", False
+        self.out.flush()
+
+
+def setup_said(executed: Path) -> set[str]:
+    """The lines the setup cell (`setup(globals())`) of an executed notebook printed, blank ones left out."""
+    import nbformat
+    if not executed.is_file():
+        return set()
+    cells = [c for c in nbformat.read(executed, as_version=4).cells
+             if c.cell_type == "code" and "setup(globals())" in c.source]
+    text = "".join(out.get("text", "") for cell in cells[:1] for out in cell.get("outputs", [])
+                   if out.get("output_type") == "stream" and out.get("name") == "stdout")
+    return {line for line in text.splitlines() if line.strip()}
+
+
 def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, quiet: bool = False) -> int:
     cfg, params = check_run(profile, parse_overrides(overrides))
     check_kernel()
@@ -164,13 +213,15 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     os.environ[PROGRESS_ENV] = "lines"       # the kernels inherit it: epoch lines, not frozen widget bars
     kernel_manager = quiet_kernels(out_dir / "kernels.log")
-    print(platforms.describe())   # which platform (and the signal that decided it), where relative outputs go
+    platform = platforms.describe()   # which platform (and the signal that decided it), where relative outputs go
+    print(platform)
     print(f"profile {profile}: executed notebooks -> {out_dir}, checkpoints -> {cfg.run_path}, "
           f"figures -> {cfg.figures_path}, submission -> {cfg.submission_file}")
     for note in cfg.notes():
         print(note)
     if cfg.members > 1 or cfg.member is not None:
         print(member_plan(cfg))
+    shown = ShownOnce(sys.stdout, {platform, *cfg.notes()})   # each setup cell says these again
 
     timings = []
     for i, nb in enumerate(NOTEBOOKS, 1):
@@ -180,7 +231,7 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
         try:
             pm.execute_notebook(str(NOTEBOOK_DIR / nb), str(output), parameters=params, kernel_name=KERNEL,
                                 cwd=str(NOTEBOOK_DIR), progress_bar=quiet, kernel_manager_class=kernel_manager,
-                                stdout_file=None if quiet else sys.stdout,   # what cells print, as they print it
+                                stdout_file=None if quiet else shown,   # what cells print, as they print it
                                 stderr_file=None if quiet else sys.stderr)
         except KeyboardInterrupt:
             print(f"\nrun.py: interrupted during {nb}. Checkpoints in {cfg.run_path} are whole; run the same "
@@ -196,6 +247,9 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
             print(f"\nrun.py: {nb} FAILED: {type(err).__name__}: {err}\nPartial executed copy (if any): {output}",
                   file=sys.stderr)
             return 1
+        finally:
+            shown.end()
+        shown.said |= setup_said(output)
         timings.append((nb, time.perf_counter() - start))
         print(f"[{i}/{len(NOTEBOOKS)}] {nb} done in {timings[-1][1]:.0f} s", flush=True)
         pause = paused(cfg) if nb == NOTEBOOKS[2] else None

@@ -468,6 +468,28 @@ def test_notebook_setup_on_colab_installs_what_is_missing_mounts_drive_and_write
            f"Colab's, {COLAB_SHELL}" in capsys.readouterr().out
 
 
+def test_notebook_setup_on_colab_when_drive_does_not_mount_names_the_fix(colab, installs, monkeypatch):
+    """Colab's drive.mount fails for some users with "ValueError: mount failed" (googlecolab/colabtools#6062): the
+    setup ends in one error that names what to do (run it again, a fresh runtime, or folders under /content that do
+    not survive it), shown in a notebook without a traceback, and nothing is written off Drive instead."""
+    from utils.notebook import setup
+
+    def mount_failed(mountpoint: str, **kwargs) -> None:
+        colab.append(mountpoint)
+        raise ValueError("mount failed")            # what Colab's google/colab/drive.py raises
+
+    monkeypatch.setattr(sys.modules["google.colab.drive"], "mount", mount_failed)
+    with pytest.raises(platforms.DriveMountError) as info:
+        setup({"profile": "smoke", "device": "cpu"})
+    message = str(info.value)
+    assert colab == [str(platforms.COLAB_DRIVE)] and isinstance(info.value.__cause__, ValueError)
+    assert f"{platforms.COLAB_DRIVE}: Google Drive did not mount (ValueError: mount failed).\nFix: " in message
+    assert "run this cell again" in message and "Runtime > Disconnect and delete runtime" in message
+    assert "set run_dir, figures_dir and submission_path to folders under /content" in message
+    assert info.value._render_traceback_() == [f"DriveMountError: {message}"]     # what IPython shows of it
+    assert not platforms.drive_mounted() and not output_root_of(COLAB).exists()
+
+
 def test_notebook_setup_on_kaggle_writes_to_working_and_never_mounts_drive(kaggle, installs, request, capsys):
     from utils.notebook import setup
     cfg, _ = setup({"profile": "smoke", "device": "cpu"})

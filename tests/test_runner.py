@@ -1,5 +1,6 @@
 """run.py when a notebook fails or the user presses Ctrl-C: the right exit code, the notebook and cell named,
-executed copies and checkpoints kept."""
+executed copies and checkpoints kept; and what it shows of the notebooks' output: each setup cell's lines once."""
+import io
 import json
 import os
 import signal
@@ -7,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import nbformat
 import pytest
 
+import run as runner
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.runtime.platforms import REPO_ROOT
@@ -20,6 +23,42 @@ def tiny_run_args(tmp_path, cifar_dir, **extra):
                  "submission_path": str(tmp_path / "submission.csv"), "subset_per_class": "20", "batch_size": "32",
                  "test_limit": "200", "corruption_images": "20", **extra}
     return [a for k, v in overrides.items() for a in ("-p", k, v)]
+
+
+PLATFORM_LINE = "platform: local | outputs: /repo (kept) | detected by: no Kaggle or Colab signal"
+NOTE = "val_fraction 0: no validation split"
+
+
+def test_shown_once_leaves_out_lines_said_before_and_passes_the_rest_as_it_comes():
+    """The platform line and the notes, which every setup cell prints again, are left out of run.py's stream, split
+    over writes or not; anything else passes at once, a line that cannot become one of them before its end too."""
+    out = io.StringIO()
+    shown = runner.ShownOnce(out, {PLATFORM_LINE, NOTE})
+    shown.write(f"{PLATFORM_LINE}\nprofile 'tiny' on cpu\n")
+    assert out.getvalue() == "profile 'tiny' on cpu\n"
+    shown.write(NOTE[:12])                                    # may become the note: held back
+    assert out.getvalue() == "profile 'tiny' on cpu\n"
+    shown.write(NOTE[12:] + "\nepoch   1")                    # it did; the epoch line's start is shown at once
+    assert out.getvalue() == "profile 'tiny' on cpu\nepoch   1"
+    shown.write(f"  train loss 2.3\nsee: {NOTE[:5]}")          # a line that starts otherwise passes whole
+    shown.write(f"{NOTE[5:]}\n{NOTE}, and more\n")
+    assert out.getvalue() == f"profile 'tiny' on cpu\nepoch   1  train loss 2.3\nsee: {NOTE}\n{NOTE}, and more\n"
+    shown.write(PLATFORM_LINE[:8])
+    shown.end()                                               # the notebook ended: what was held back is shown
+    assert out.getvalue().endswith(f"{NOTE}, and more\n{PLATFORM_LINE[:8]}\n")
+
+
+def test_setup_said_reads_what_the_setup_cell_printed(tmp_path):
+    cell = nbformat.v4.new_code_cell
+    stream = nbformat.v4.new_output
+    setup = cell("cfg, DEVICE = setup(globals())", outputs=[
+        stream("stream", name="stdout", text=f"nothing to install\n{PLATFORM_LINE}\n\n"),
+        stream("stream", name="stderr", text="a warning\n"), stream("stream", name="stdout", text=f"{NOTE}\n")])
+    later = cell("print(1)", outputs=[stream("stream", name="stdout", text="1\n")])
+    path = tmp_path / "01_data.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell("profile = 'paper'"), setup, later]), path)
+    assert runner.setup_said(path) == {"nothing to install", PLATFORM_LINE, NOTE}
+    assert runner.setup_said(tmp_path / "never-written.ipynb") == set()
 
 
 @pytest.mark.notebooks

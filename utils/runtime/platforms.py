@@ -29,7 +29,8 @@ Decisions, and why:
   `/kaggle/input` is read-only (Kaggle mounts every attached input there read-only), so it is refused with
   `/kaggle/working` as the fix. Any other folder is created and probed with a temporary file; any OSError
   (permission, read-only file system, full disk, a file where a folder should be) becomes an `OutputError`
-  naming the path, what it was for, why, and what to change.
+  naming the path, what it was for, why, and what to change. A failed `drive.mount` is a `DriveMountError` that
+  says what to do (run it again, a fresh runtime, or folders under /content that do not survive it).
 - Persistence (`is_persistent`, `persistence_note`). Colab: only Drive survives the runtime. Kaggle:
   `/kaggle/working` survives as the notebook's output once the notebook is committed ("Save Version").
   Local: everything survives.
@@ -229,12 +230,36 @@ def drive_mounted() -> bool:
     return COLAB_MYDRIVE.is_dir() and is_mount(COLAB_DRIVE)
 
 
+class DriveMountError(OutputError):
+    """`drive.mount` failed; the message names the fix. A notebook shows it without a traceback (IPython prints what
+    `_render_traceback_` returns instead): the traceback would only point into google.colab."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+# What to do when drive.mount fails with "ValueError: mount failed" (googlecolab/colabtools#6062, open, no cause
+# given): try again, then on a fresh runtime; Drive mounts only for the Google account that runs the notebook
+# (googlecolab/colabtools#1568, Colab's answer of 2022-01-20).
+DRIVE_MOUNT_FIX = ("run this cell again; if it fails again, Runtime > Disconnect and delete runtime, then run the "
+                   "notebook again and allow access for the Google account this notebook runs under. Or go on "
+                   "without Drive: set run_dir, figures_dir and submission_path to folders under /content (they "
+                   "are lost when the runtime ends, and notebooks opened later, each on its own machine, do not "
+                   "see them)")
+
+
 def mount_drive() -> None:
-    """On Colab, mount Google Drive at COLAB_DRIVE unless it already is; elsewhere do nothing."""
+    """On Colab, mount Google Drive at COLAB_DRIVE unless it already is; elsewhere do nothing. A failed mount
+    (Colab's `ValueError: mount failed`, or any other error of drive.mount) becomes a DriveMountError naming the
+    fix: nothing is written anywhere else instead, since outputs off Drive are lost with the runtime."""
     if detect() != "colab" or drive_mounted():
         return
     from google.colab import drive  # only exists on Colab (and, unusable, on Kaggle: never called there)
-    drive.mount(str(COLAB_DRIVE))
+    try:
+        drive.mount(str(COLAB_DRIVE))
+    except Exception as err:        # Colab's own errors are ValueError and google.colab's MessageError
+        raise DriveMountError(COLAB_DRIVE, "the outputs (run_dir, figures_dir, submission_path)",
+                              f"Google Drive did not mount ({type(err).__name__}: {err})", DRIVE_MOUNT_FIX) from err
 
 
 # --------------------------------------------------------------------------------------------
