@@ -4,23 +4,27 @@ are, in both of Kaggle's mount layouts, with margin in the search depth; errors 
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 import torch
+from layouts import make_layout
 from platform_facts import COLAB, COMPETITION, SHEETS
 from platform_sandbox import SLUG, USER, competition_cache, enter, fake_google_colab, isolate, real
 
+from utils import checkpoint
 from utils.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     continue_attached_run,
     find_checkpoint,
     find_run_folder,
+    load_checkpoint,
     progress_record,
 )
 from utils.config import load_config
-from utils.dataset import DataNotFoundError, find_data_dir, find_nolabel
+from utils.dataset import DataNotFoundError, find_data_dir, find_nolabel, load_cifar10, load_unlabeled
 from utils.runtime import locate, platforms
 
 KAGGLE_SHEETS = {name: sheet for name, sheet in SHEETS.items() if sheet.name == "kaggle"}
@@ -150,15 +154,37 @@ def test_nolabel_found_in_each_place(monkeypatch, tmp_path, kaggle):
     deeper = touch(kaggle_input / "x" / "slug" / "y" / "z" / name)                 # depth 4
     deepest = touch(kaggle_input / "a" / "b" / "c" / "d" / "e" / name)             # depth 5: found
     touch(kaggle_input / "a" / "b" / "c" / "d" / "e" / "f" / name)                 # depth 6: too deep
-    found = locate.nolabel_candidates(data_dir=tmp_path / "data")
     walked = sorted([mounted, in_kaggle], key=lambda p: (len(p.relative_to(kaggle_input).parts), str(p)))
     repo_data = platforms.REPO_ROOT / "data" / name
-    assert found == [mine / name, tmp_path / "data" / name, repo_data, *walked, deeper, deepest]
-    assert locate.nolabel_candidates(data_dir="data")[1] == platforms.REPO_ROOT / "data" / name   # relative: repo
+    searched = [repo_data, *walked, deeper, deepest]
+    assert locate.nolabel_candidates() == [mine / name, *searched]
+    # a data folder given replaces $CIFAR10_DIR (as for the batches); the searched places still follow
+    assert locate.nolabel_candidates(data_dir=tmp_path / "data") == [tmp_path / "data" / name, *searched]
+    assert locate.nolabel_candidates(data_dir="data")[0] == platforms.REPO_ROOT / "data" / name   # relative: repo
     assert locate.nolabel_candidates(tmp_path / "given.pkl") == [tmp_path / "given.pkl"]
-    assert locate.nolabel_candidates(data_dir=tmp_path, filename="other.pkl")[1] == tmp_path / "other.pkl"
+    assert locate.nolabel_candidates(data_dir=tmp_path, filename="other.pkl")[0] == tmp_path / "other.pkl"
     monkeypatch.delenv("CIFAR10_DIR")
     assert find_nolabel() == walked[0]
+
+
+def test_a_given_data_folder_beats_cifar10_dir_for_the_batches_and_the_pickle_alike(monkeypatch, tmp_path):
+    """One rule for every input: explicit, then the environment, then the searched places. $CIFAR10_DIR names
+    another complete layout; with data_dir given, nothing is read from it, and without, it is used."""
+    given = make_layout(tmp_path / "given", per_batch=10, n_test=10, n_unlabeled=20)
+    other = make_layout(tmp_path / "other", per_batch=20, n_test=20, n_unlabeled=40)
+    monkeypatch.setenv("CIFAR10_DIR", str(other))
+    for data_dir in (given, str(given)):
+        assert find_data_dir(data_dir) == given
+        assert find_nolabel(None, data_dir) == given / locate.NOLABEL_FILE
+        assert not any(platforms.is_under(p, other) for p in locate.data_dirs(data_dir)
+                       + locate.nolabel_candidates(None, data_dir))
+    assert load_cifar10(given, download=False).train_images.shape[0] == 5 * 10
+    assert len(load_unlabeled(find_nolabel(None, given))[1]) == 20
+    (given / locate.NOLABEL_FILE).unlink()          # absent from the given folder: the searched places, not the env
+    assert find_nolabel(None, given, required=False) is None
+    repo_copy = make_layout(platforms.REPO_ROOT / "data", per_batch=5, n_test=5, n_unlabeled=10) / locate.NOLABEL_FILE
+    assert find_nolabel(None, given) == repo_copy
+    assert find_data_dir() == other and find_nolabel() == other / locate.NOLABEL_FILE    # nothing given: the env
 
 
 def test_nolabel_in_each_kaggle_mount_layout(kaggle):
@@ -363,3 +389,81 @@ def test_a_run_already_in_working_or_another_platform_copies_nothing(kaggle, mon
     monkeypatch.setenv("CIFAR10_PLATFORM", "local")
     assert continue_attached_run(load_config("smoke", run_dir=str(platforms.REPO_ROOT / "run")), log=print) is None
     assert not (platforms.REPO_ROOT / "run").exists()
+
+
+class Killed(BaseException):
+    """The kernel dying mid-copy: not an Exception, so no handler of the code under test cleans up after it."""
+
+
+def files_of(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_copy_cut_short_shows_nothing_and_the_next_session_redoes_it_whole(kaggle, monkeypatch):
+    """The copy is one step: a kernel that dies after member 1's last.pt was copied leaves the run folder without
+    any copied file (so nothing looks like a run here), and the next session copies everything and continues from
+    the epoch reached, member 0 included."""
+    cfg = load_config("smoke")
+    mine = save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints", done=2)
+    platforms.ensure_writable(cfg.run_path, "run_dir")                       # what the setup cell does first
+    copy_file = checkpoint.atomic_write
+
+    def dies_after_member_one(path, write, **kwargs):
+        copy_file(path, write, **kwargs)
+        if Path(path).parent.name == "member-1" and Path(path).name == locate.LAST:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_after_member_one)
+    with pytest.raises(Killed):
+        continue_attached_run(cfg, log=print)
+    assert cfg.run_path.is_dir() and files_of(cfg.run_path) == {}            # as setup left it: empty
+    leftover = cfg.run_path.parent / f".{cfg.run_path.name}{checkpoint.COPYING}"
+    assert (leftover / "member-1" / locate.LAST).is_file()
+    (leftover / "from-the-copy-cut-short.txt").write_text("not in the attached run")
+    monkeypatch.setattr(checkpoint, "atomic_write", copy_file)
+
+    lines = []
+    assert continue_attached_run(cfg, log=lines.append) == mine                # the next session
+    assert files_of(cfg.run_path) == files_of(mine)                          # whole, and nothing else
+    assert load_checkpoint(cfg.run_path / locate.LAST)["epoch"] == 2         # member 0 continues from epoch 2
+    assert not leftover.exists()
+    assert lines[-1].startswith(f"run folder continued from an attached notebook's output: copied {mine}")
+
+
+def test_a_copy_that_fails_says_so_and_leaves_neither_the_run_folder_nor_a_half_copy(kaggle, monkeypatch):
+    cfg = load_config("smoke")
+    save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints")
+    copy_file, copied = checkpoint.atomic_write, []
+
+    def disk_full_at_the_third_file(path, write, **kwargs):
+        if len(copied) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(copy_file(path, write, **kwargs))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", disk_full_at_the_third_file)
+    with pytest.raises(platforms.OutputError, match="the run folder was not replaced"):
+        continue_attached_run(cfg, log=print)
+    assert not cfg.run_path.exists() and not any(p.exists() for p in copied)
+    assert not list(cfg.run_path.parent.glob(f"*{checkpoint.COPYING}"))
+
+
+def test_the_copy_replaces_a_run_folder_of_empty_folders_and_stale_temporaries_only(kaggle):
+    cfg = load_config("smoke")
+    mine = save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints")
+    (cfg.run_path / "member-1").mkdir(parents=True)
+    touch(cfg.run_path / "member-1" / ".last.pt.abc123.tmp")                # a save killed mid-write
+    touch(cfg.run_path / ".write-probe-xyz")
+    assert continue_attached_run(cfg, log=print) == mine
+    assert files_of(cfg.run_path) == files_of(mine)
+
+
+def test_files_in_the_run_folder_without_a_last_pt_are_left_alone_saying_so(kaggle):
+    cfg = load_config("smoke")
+    mine = save_paused_run(real(kaggle.notebook_output_dir) / "runs" / "smoke" / "checkpoints")
+    log = touch(cfg.run_path / "member-1" / locate.TRAIN_LOG)            # a member that died before its first epoch
+    lines = []
+    assert continue_attached_run(cfg, log=lines.append) is None
+    assert files_of(cfg.run_path) == {log.relative_to(cfg.run_path): b"x"}
+    assert lines == [f"not continued from {mine}: {cfg.run_path} holds files but no last.pt (member-1/train.log), "
+                     f"left as they are. To continue the attached run, move them out of {cfg.run_path} and run the "
+                     "setup cell again."]

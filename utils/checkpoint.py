@@ -19,6 +19,8 @@ Design choices:
 """
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,15 +165,24 @@ def find_checkpoint(cfg: Config, name: str = "best.pt", log: Callable[[str], obj
     return path
 
 
+COPYING = ".copy-in-progress"       # the attached run is copied into .<run folder's name>.copy-in-progress beside it
+
+
 def continue_attached_run(cfg: Config, log: Callable[[str], object] = print) -> Path | None:
     """Kaggle's next session: a new session starts with an empty /kaggle/working, and the previous session's output
     (Save Version) comes back read-only under /kaggle/input once attached (Add Input > Your Work > that notebook).
     When cfg.run_path holds no last.pt (its own or a member's), copy the first attached run folder with a last.pt of
     this profile's recipe (utils.config.recipe_differences, the rule resume applies; the profile's folders first,
     utils.runtime.locate.run_folder_candidates) into cfg.run_path, member folders included, and say which: training then
-    resumes from its last.pt and 04 / 05 read its best.pt. Every file goes through atomic_write, member 0's last.pt
-    last, so a copy cut short is redone whole next time. One of another recipe is skipped, saying why. Returns the
-    folder copied from, None when nothing was (not on Kaggle, a run here already, nothing attached)."""
+    resumes from its last.pt and 04 / 05 read its best.pt. One of another recipe is skipped, saying why.
+
+    The copy is one step (`_copy_run_folder`): every file goes into a hidden folder beside cfg.run_path, which is then
+    renamed into place, so cfg.run_path holds either no copied file or all of them. A copy cut short leaves
+    cfg.run_path as it was: an error (a full disk) deletes the hidden folder and is raised; a dead kernel leaves it,
+    and the next call deletes it and copies again, whole. cfg.run_path may be absent or hold empty folders and stale
+    temporaries (deleted); one holding any other file is left alone, saying which files and what to do. Returns the
+    folder copied from, None when nothing was (not on Kaggle, a run here already, nothing attached, files in the
+    way)."""
     if platforms.detect() != "kaggle" or any(cfg.run_path.rglob(locate.LAST)):
         return None
     for folder in locate.run_folder_candidates(cfg.run_path, cfg.profile, name=locate.LAST, platform="kaggle")[1:]:
@@ -187,15 +198,47 @@ def continue_attached_run(cfg: Config, log: Callable[[str], object] = print) -> 
             log(f"not continued from {last}: trained with another recipe than profile {cfg.profile!r} "
                 f"({'; '.join(differences)})")
             continue
-        files = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
-                       key=lambda p: p == last)
-        for source in files:
-            atomic_write(cfg.run_path / source.relative_to(folder), lambda f, s=source: f.write(s.read_bytes()),
-                         what="checkpoint copied from an attached output", setting="run_dir")
+        in_the_way = sorted(p.relative_to(cfg.run_path) for p in cfg.run_path.rglob("*")
+                            if p.is_file() and not _stale(p)) if cfg.run_path.is_dir() else []
+        if in_the_way:
+            log(f"not continued from {folder}: {cfg.run_path} holds files but no last.pt "
+                f"({', '.join(map(str, in_the_way[:3]))}{', ...' if len(in_the_way) > 3 else ''}), left as they are. "
+                f"To continue the attached run, move them out of {cfg.run_path} and run the setup cell again.")
+            return None
+        _copy_run_folder(folder, cfg.run_path)
         log(f"run folder continued from an attached notebook's output: copied {folder} (read-only) into "
             f"{cfg.run_path}; training resumes from its last.pt ({read_progress(ckpt, last).describe()}).")
         return folder
     return None
+
+
+def _stale(path: Path) -> bool:
+    """What a killed write leaves (atomic_write's `.NAME.*.tmp`, a write probe): nothing anyone reads."""
+    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".write-probe-"))
+
+
+def _copy_run_folder(source: Path, target: Path) -> None:
+    """`source`'s files (hidden ones aside) copied into `target` in one step: into `.<target name>.copy-in-progress`
+    beside it (a leftover of an interrupted copy deleted first), then renamed into place. `target` must hold no
+    file but stale temporaries; it is replaced. An error deletes the hidden folder; a kill leaves it for next time."""
+    staging = target.parent / f".{target.name}{COPYING}"
+    what = "checkpoint copied from an attached output"
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        for file in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            atomic_write(staging / file.relative_to(source), lambda f, s=file: f.write(s.read_bytes()),
+                         what=what, setting="run_dir")
+        if target.exists():
+            shutil.rmtree(target)          # empty folders and stale temporaries only (the caller checked)
+        os.replace(staging, target)
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, platforms.OutputError):
+            reason, fix = platforms.explain_os_error(exc, target.parent, "run_dir")
+            raise platforms.OutputError(target, "the run folder copied from an attached output",
+                                        f"{reason}; the run folder was not replaced", fix) from exc
+        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -170,9 +170,10 @@ def find_data_dir(data_dir: str | Path | None = None, download: bool = False) ->
 
 def find_nolabel(nolabel_path: str | Path | None = None, data_dir: str | Path | None = None,
                  required: bool = True) -> Path | None:
-    """`cifar_test_nolabel.pkl`: `nolabel_path` if given, else beside the data ($CIFAR10_DIR, data_dir, ./data,
-    Kaggle's input). The error lists every place it looked and how to get the file; `required=False` returns
-    None instead (notebook 01 runs without it)."""
+    """`cifar_test_nolabel.pkl`: `nolabel_path` if given, else in the data folder (data_dir if given, else
+    $CIFAR10_DIR: an explicit setting beats the environment), then REPO_ROOT/data, Drive, Kaggle's input
+    (utils.runtime.locate.nolabel_candidates). The error lists every place it looked and how to get the file;
+    `required=False` returns None instead (notebook 01 runs without it)."""
     candidates = locate.nolabel_candidates(nolabel_path, data_dir, NOLABEL_FILE)
     for path in candidates:
         if path.is_file():

@@ -135,7 +135,8 @@ def snapshot(work: Path) -> tuple[str, str]:
 
 def shuffled_ids(count: int) -> list[int]:
     """Ids for the stand-in unlabeled pickle that are neither 0..N-1 nor sorted (the competition's need not be): a
-    submission that sorted ids apart from their images, or wrote row numbers, would not pass the twin."""
+    submission that wrote row numbers as ids would not pass the twin, which compares the set of ids; that each id
+    keeps its own image's label is checked by tests/test_submission.py, not here."""
     import numpy as np
     return np.random.default_rng(26).choice(10 * count, size=count, replace=False).astype(np.int64)
 

@@ -5,8 +5,11 @@ they need, and name every candidate (and every folder tree searched, `searched`)
 `utils.runtime.platforms`, read at call time, so tests that patch them there reach this module too.
 
 Decisions, and why:
-- An explicit path is a promise: when one is given it is the only candidate, so a typo is an error rather than a
-  silent fallback to other data.
+- One rule for every input: an explicit setting beats the environment ($CIFAR10_DIR), which beats the places
+  searched. An explicit path is a promise: when one is given it is the only candidate, so a typo is an error rather
+  than a silent fallback to other data. An explicit data folder (data_dir) replaces $CIFAR10_DIR for the unlabeled
+  pickle too: the pickle is looked for there first, then in the searched places (it comes from the competition,
+  not with the batches, so it is often elsewhere), and never in $CIFAR10_DIR, which is another data folder.
 - Kaggle mounts every input read-only under /kaggle/input, in one of two layouts (tests/platform_facts.py, KAGGLE
   and KAGGLE_OLD_LAYOUT): competition data at /kaggle/input/competitions/<slug>/ (older sessions:
   /kaggle/input/<slug>/), an attached notebook's output at /kaggle/input/notebooks/<user>/<slug>/ (older:
@@ -123,16 +126,19 @@ def data_dirs(explicit: str | Path | None = None) -> list[Path]:
 
 def nolabel_candidates(explicit: str | Path | None = None, data_dir: str | Path | None = None,
                        filename: str = NOLABEL_FILE) -> list[Path]:
-    """Where the unlabeled test pickle may be, in order: an explicit file only (relative to REPO_ROOT), else
-    $CIFAR10_DIR/filename, data_dir/filename, REPO_ROOT/data/filename, on Colab the Drive output folder (and its
-    data/) and kagglehub's competition folder, then every match under KAGGLE_INPUT (to depth NOLABEL_SEARCH_DEPTH,
-    both mount layouts) and under kagglehub's competition folder."""
+    """Where the unlabeled test pickle may be, in order: an explicit file only (relative to REPO_ROOT); else the
+    data folder, data_dir/filename when data_dir is given (relative to REPO_ROOT), else $CIFAR10_DIR/filename; then
+    the places searched: REPO_ROOT/data/filename, on Colab the Drive output folder (and its data/) and kagglehub's
+    competition folder, then every match under KAGGLE_INPUT (to depth NOLABEL_SEARCH_DEPTH, both mount layouts) and
+    under kagglehub's competition folder.
+
+    A given data_dir replaces $CIFAR10_DIR, as in `data_dirs`: the pickle comes from data_dir or, when it is not
+    there, from the places searched, never from $CIFAR10_DIR. Unlike the batches, the searched places still follow
+    an explicit data folder: the pickle comes from the competition (Kaggle's input, Drive), not with the batches."""
     if explicit:
         return [Path(os.path.abspath(_repo_path(explicit)))]
-    env = _env_dir()
-    found = [env / filename] if env else []
-    if data_dir:
-        found.append(_repo_path(data_dir) / filename)
+    folder = _repo_path(data_dir) if data_dir else _env_dir()
+    found = [folder / filename] if folder else []
     found.append(platforms.REPO_ROOT / "data" / filename)
     if platforms.detect() == "colab":   # uploaded to the Drive folder the notebooks share (the clone is per machine)
         root = platforms.output_root("colab")
