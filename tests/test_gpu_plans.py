@@ -6,8 +6,8 @@ narrow model (TINY) on a few real images."""
 from __future__ import annotations
 
 import functools
+import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -322,20 +322,53 @@ def test_a_mixed_batch_reaches_the_model_in_the_plans_layout(tmp_path, splits, m
     assert seen == [True]
 
 
-def test_each_member_process_gets_its_own_gpu(tmp_path, monkeypatch):
-    """Two stand-in GPUs (Kaggle's T4 x2): the launcher starts each member with CUDA_VISIBLE_DEVICES naming its own
-    GPU, read back from inside the child. The child is a stand-in that prints its environment and ends."""
-    import subprocess
-    real_popen = subprocess.Popen
+# What a member process sees on Kaggle's T4 x2: torch's CUDA calls answered as CUDA answers them inside
+# CUDA_VISIBLE_DEVICES (only the GPUs it names exist, numbered from 0), each a T4. Installed in the child as a
+# sitecustomize on its PYTHONPATH, so the child is the real `python -m utils.members` command the launcher built;
+# the real resolve_device runs, then its answer is printed and the child ends before any training.
+STAND_IN_GPUS = """
+import json, os
+import torch
+visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+torch.cuda.is_available = lambda: bool(visible)
+torch.cuda.device_count = lambda: len(visible)
+torch.cuda.get_device_capability = lambda device=None: (7, 5)
+torch.cuda.get_arch_list = lambda: ["sm_75"]
+torch.cuda.get_device_name = lambda device=None: "Tesla T4"
+from utils.runtime import device as device_module
+real_resolve = device_module.resolve_device
 
-    def child_reporting_its_gpu(cmd, **kwargs):
-        code = "import os; print('CUDA_VISIBLE_DEVICES=' + os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>'))"
-        return real_popen([sys.executable, "-c", code], **kwargs)
+def resolve_and_report(name="auto"):
+    device = real_resolve(name)
+    print("resolved " + json.dumps({"asked": name, "device": str(device),
+                                    "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}), flush=True)
+    raise SystemExit(0)
 
-    monkeypatch.setattr(members_mod.subprocess, "Popen", child_reporting_its_gpu)
+device_module.resolve_device = resolve_and_report
+"""
+
+
+def test_each_member_process_gets_its_own_gpu_and_uses_it_as_cuda(tmp_path, monkeypatch):
+    """Two stand-in GPUs (Kaggle's T4 x2), through the launcher's own device slots and the real member process:
+    default_devices gives one slot per visible GPU, so both members start at once; each child sees only its own GPU
+    (CUDA_VISIBLE_DEVICES, the machine's numbering kept) and resolves "cuda" inside it, read back from the child."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")          # the machine's own numbering is kept
+    monkeypatch.delenv(EMULATE_ENV, raising=False)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(STAND_IN_GPUS)
+    monkeypatch.setenv("PYTHONPATH", str(shim))                # child_env puts the repository before it
     cfg = Config(members=2, run_dir=str(tmp_path / "run"))
+    assert members_mod.default_devices(cfg) == ["cuda:0", "cuda:1"]
     logged = []
-    members_mod.train_members(cfg, devices=["cuda:0", "cuda:1"], log=logged.append)
-    reported = sorted(line for line in logged if "CUDA_VISIBLE_DEVICES=" in line)
-    assert reported == ["[member 0] CUDA_VISIBLE_DEVICES=2", "[member 1] CUDA_VISIBLE_DEVICES=3"], logged
+    members_mod.train_members(cfg, log=logged.append)          # default devices: the launcher's own choice
+    assert any("2 at a time on cuda:0, cuda:1" in line for line in logged), logged
+    resolved = {}
+    for line in logged:
+        head, _, report = line.partition(" resolved ")
+        if report:
+            resolved[int(head.removeprefix("[member ").rstrip("]"))] = json.loads(report)
+    assert resolved == {0: {"asked": "cuda", "device": "cuda", "CUDA_VISIBLE_DEVICES": "2"},
+                        1: {"asked": "cuda", "device": "cuda", "CUDA_VISIBLE_DEVICES": "3"}}, logged
