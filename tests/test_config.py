@@ -45,6 +45,8 @@ BAD_VALUES = [
     ("blocks", [2, True, 2, 2], "integers > 0"),
     ("dropout", 1.5, "[0, 1)"),
     ("dropout", -0.1, "[0, 1)"),
+    ("zero_init_residual", "yes", "true or false"),
+    ("stem_init", "pca", "'patch_pca'"),
     ("epochs", "abc", "integer >= 1"),
     ("epochs", 0, "integer >= 1"),
     ("epochs", 3.0, "integer"),
@@ -53,22 +55,38 @@ BAD_VALUES = [
     ("lr", -1, "> 0"),
     ("lr", 0, "> 0"),
     ("lr", float("nan"), "> 0"),
+    ("schedule", "cosine", "one of 'onecycle', 'linear'"),
+    ("schedule", None, "'linear'"),
     ("momentum", 1.0, "[0, 1)"),
     ("nesterov", "yes", "true or false"),
     ("cycle_momentum", "no", "true or false"),
     ("weight_decay", -1e-4, ">= 0"),
+    ("decay_norm_and_bias", 0, "true or false"),
     ("pct_start", 0.0, "(0, 1)"),
+    ("pct_start", -0.1, "(0, 1)"),
     ("pct_start", 1.0, "(0, 1)"),
     ("patience", -1, ">= 0"),
     ("label_smoothing", 1.0, "[0, 1)"),
     ("ema_decay", 1.0, "[0, 1)"),
     ("ema_decay", -0.5, "[0, 1)"),
+    ("ema_window", 1.5, "[0, 1]"),
+    ("ema_window", -0.1, "[0, 1]"),
+    ("crop_padding", 9, "integer in [0, 8]"),
+    ("crop_padding", -1, "integer in [0, 8]"),
+    ("crop_padding", 2.0, "integer"),
+    ("padding_mode", "edge", "one of 'zeros', 'reflect'"),
+    ("alternating_flip", "on", "true or false"),
     ("cutout", 32, "smaller than the image"),
     ("cutout", -2, "[0, 31]"),
     ("auto_augment", "randaugment", "'trivialaugment'"),
     ("mixup_alpha", -0.2, ">= 0"),
     ("cutmix_alpha", "x", "number"),
     ("tta", "tencrop", "'flip_shift'"),
+    ("tta", "translate", "'flip_translate'"),
+    ("tta_weights", [1, -1], "list of numbers >= 0 or null"),
+    ("tta_weights", [], "non-empty list"),
+    ("tta_weights", "1,1", "list of numbers"),
+    ("tta_weights", [float("inf")], "numbers >= 0"),
     ("self_training", 1.5, "[0, 1]"),
     ("self_training", "most", "number"),
     ("corruption_images", -1, ">= 0"),
@@ -116,6 +134,11 @@ def test_every_field_has_a_rule_and_a_bad_value_in_the_table():
     ({"members": 2, "member": 2}, r"member = 2 with members = 2: expected a member index from 0 to 1"),
     ({"member": 1}, r"member = 1 with members = 1"),
     ({"monitor_every": 0, "val_fraction": 0.0}, r"monitor_every = 0 with val_fraction = 0.0"),
+    ({"tta_weights": [1, 1]}, r"tta_weights = \[1.0, 1.0\] with tta = 'none': expected 1 weight"),
+    ({"tta": "flip", "tta_weights": [1, 1, 1]}, r"with tta = 'flip': expected 2 weight\(s\), one per view"),
+    ({"tta": "flip_translate", "tta_weights": [1] * 4}, r"with tta = 'flip_translate': expected 6 weight"),
+    ({"tta": "flip", "tta_weights": [0, 0]}, r"tta_weights = \[0.0, 0.0\] .*with a sum > 0"),
+    ({"ema_window": 0.2, "ema_decay": 0.99}, r"ema_decay = 0.99 with ema_window = 0.2: .* expected ema_decay 0"),
 ])
 def test_cross_field_rules(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -145,6 +168,10 @@ def test_defaults_are_the_papers_recipe():
     assert (cfg.pct_start, cfg.batch_size, cfg.epochs, cfg.patience, cfg.val_fraction) == (0.1, 128, 100, 10, 0.1)
     assert (cfg.label_smoothing, cfg.ema_decay, cfg.cutout, cfg.auto_augment, cfg.tta) == (0.0, 0.0, 0, "none", "none")
     assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.subset_per_class) == (0.0, 0.0, 0)
+    assert (cfg.schedule, cfg.decay_norm_and_bias, cfg.zero_init_residual, cfg.stem_init) == ("onecycle", True, False,
+                                                                                              "default")
+    assert (cfg.crop_padding, cfg.padding_mode, cfg.alternating_flip) == (4, "zeros", False)
+    assert (cfg.ema_window, cfg.tta_weights) == (0.0, None)
     assert load_config("paper") == Config(profile="paper")
 
 
@@ -256,3 +283,16 @@ def test_run_py_refuses_bad_member_settings_before_notebook_01(tmp_path):
     for message in ("members = 0", "member = -1", "monitor_every = 0 with val_fraction = 0.0"):
         assert message in done.stderr, done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_tta_weights_are_read_as_numbers_and_both_tta_fields_are_run_time():
+    from utils.config import RUNTIME_FIELDS, recipe_differences
+    cfg = Config(tta="flip_translate", tta_weights=(2, 2, 1, 1, 1, "1e0"))
+    assert cfg.tta_weights == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0] and all(isinstance(w, float) for w in cfg.tta_weights)
+    assert Config(tta="flip", tta_weights=[0, 3]).tta_weights == [0.0, 3.0]      # a view may weigh nothing
+    assert {"tta", "tta_weights"} <= RUNTIME_FIELDS
+    assert recipe_differences(Config().to_dict(), cfg) == []
+    knobs = dict(schedule="linear", decay_norm_and_bias=False, zero_init_residual=True, stem_init="patch_pca",
+                 alternating_flip=True, crop_padding=2, padding_mode="reflect", ema_window=0.1)
+    assert not set(knobs) & RUNTIME_FIELDS
+    assert len(recipe_differences(Config().to_dict(), Config(**knobs))) == len(knobs)   # each one blocks a resume

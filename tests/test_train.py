@@ -619,3 +619,75 @@ def test_momentum_is_cycled_by_onecycle_by_default_and_kept_with_cycle_momentum_
             assert min(seen) < 0.9 < max(seen), "OneCycleLR cycles the momentum between 0.85 and 0.95"
         else:
             assert set(seen) == {0.9}, "with cycle_momentum false SGD keeps `momentum` throughout"
+
+
+# --------------------------------------------------------------------------------------------
+# MixUp and CutMix, as the step hands the batch to the model
+# --------------------------------------------------------------------------------------------
+def mixed_step(tmp_path, splits, monkeypatch, **mix):
+    """The run's first batch through train_batch with `mix` on (alpha 1: the mix weight uniform on (0, 1)):
+    the batch as the loader gave it and (images, targets) as update_weights received them."""
+    run = build_run(tiny_cfg(tmp_path, **mix), splits, decide(torch.device("cpu")))
+    seen = []
+    real_step = train_mod.update_weights
+
+    def step(model, x, target, *args, **kwargs):
+        seen.append((x.detach().clone(), target.detach().clone()))
+        return real_step(model, x, target, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "update_weights", step)
+    run.train_loader.set_epoch(0)
+    x, y = next(iter(run.train_loader))
+    unmixed = x.clone(), y.clone()
+    torch.manual_seed(0)                      # the mix weight and the box are drawn from torch's generator
+    train_mod.train_batch(run, x, y)
+    assert len(seen) == 1
+    mixed, target = seen[0]
+    assert mixed.shape == x.shape and target.shape == (len(y), 10) and target.is_floating_point()
+    return unmixed, mixed, target
+
+
+def assert_soft(target: torch.Tensor) -> None:
+    """Most rows' targets are a mix of two labels, not one-hot (a row whose partner shares its label stays one-hot)."""
+    soft = int((target.max(dim=1).values < 0.99).sum())
+    assert soft >= len(target) // 2, f"only {soft} of {len(target)} targets are soft: the batch was not mixed"
+
+
+def test_mixup_hands_the_model_convex_blends_of_two_images_with_their_labels_blended_alike(tmp_path, splits,
+                                                                                           monkeypatch):
+    (x, y), mixed, target = mixed_step(tmp_path, splits, monkeypatch, mixup_alpha=1.0)
+    assert_soft(target)
+    flat, out = x.flatten(1), mixed.flatten(1)
+    for i in range(len(x)):
+        # the partner j and weight lam that best write out[i] as lam * x[i] + (1 - lam) * x[j] (least squares)
+        d = flat[i] - flat
+        lams = ((out[i] - flat) * d).sum(1) / (d * d).sum(1).clamp_min(1e-12)
+        residual = (out[i] - flat - lams[:, None] * d).norm(dim=1)
+        residual[i] = float("inf")
+        j = int(residual.argmin())
+        lam = float(lams[j])
+        assert residual[j] <= 1e-4 * out[i].norm(), f"row {i} is not a blend of two of the batch's images"
+        assert 0.02 < lam < 0.98, f"row {i} is image {i} or image {j} alone (weight {lam:.3f}), not a blend"
+        expected = lam * F.one_hot(y[i], 10).float() + (1 - lam) * F.one_hot(y[j], 10).float()
+        torch.testing.assert_close(target[i], expected, atol=1e-4, rtol=0)
+
+
+def test_cutmix_hands_the_model_a_rectangle_of_another_image_with_labels_weighted_by_its_area(tmp_path, splits,
+                                                                                             monkeypatch):
+    # crop_padding 0: no zero border that two images share, so every pixel of the rectangle differs from the image's own
+    (x, y), mixed, target = mixed_step(tmp_path, splits, monkeypatch, cutmix_alpha=1.0, crop_padding=0)
+    assert_soft(target)
+    height, width = x.shape[-2:]
+    for i in range(len(x)):
+        changed = (mixed[i] != x[i]).any(dim=0)                    # the pixels CutMix replaced, over the channels
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        assert len(rows) and len(cols), f"row {i} is its own image unchanged"
+        top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        box = mixed[i, :, top:bottom, left:right]
+        partners = [j for j in range(len(x)) if j != i and torch.equal(x[j, :, top:bottom, left:right], box)]
+        assert partners, f"row {i}: the rectangle {top}:{bottom} x {left}:{right} is from none of the other images"
+        area = (bottom - top) * (right - left) / (height * width)  # outside it the row is its own image (changed)
+        assert 0 < area < 1
+        j = partners[0]
+        expected = (1 - area) * F.one_hot(y[i], 10).float() + area * F.one_hot(y[j], 10).float()
+        torch.testing.assert_close(target[i], expected, atol=1e-4, rtol=0)

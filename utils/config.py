@@ -45,6 +45,7 @@ IMAGE_SIDE = 32                     # CIFAR-10 images are 32 x 32
 IMAGES_PER_CLASS = 5000             # training images per class in CIFAR-10
 NUM_CLASSES = 10
 STUDENT_FOLDER = "self-training"    # the self-training round's folder inside a run folder (utils.self_training)
+TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 6, "flip_translate": 6}   # views per `tta` mode (utils.evaluate)
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,11 @@ def matching(regex: str, allowed: str) -> tuple[Any, str]:     # Python's re.sea
     return Annotated[str, Field(pattern=re.compile(regex))], allowed
 
 
+def listed(kind: tuple[Any, str], what: str) -> tuple[Any, str]:        # a tuple is read as a list
+    as_list = BeforeValidator(lambda v: list(v) if isinstance(v, tuple) else v)
+    return Annotated[list[kind[0]], Field(min_length=1), as_list], f"a non-empty list of {what}"
+
+
 _FLOAT = TypeAdapter(float)                                    # pydantic's reading of a number's text
 integer, number = partial(_bounded, int), partial(_bounded, float)
 FLAG = bool, "true or false"
@@ -96,9 +102,7 @@ CSV_FILE = matching(r"\.csv\Z", "a non-empty string, a file name ending in .csv"
 DEVICE = matching(r"^(auto|cpu|mps|cuda(:\d+)?)$", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 PATH = (Annotated[TEXT[0] | None, BeforeValidator(lambda v: str(v) if isinstance(v, Path) else v)],
         "a path (string) or null")
-POSITIVE_INTS = (Annotated[list[integer(gt=0)[0]], Field(min_length=1),
-                           BeforeValidator(lambda v: list(v) if isinstance(v, tuple) else v)],
-                 "a non-empty list of integers > 0")
+POSITIVE_INTS = listed(integer(gt=0), "integers > 0")
 
 
 def rule(default: Any, kind: tuple[Any, str], note: str = "") -> Any:
@@ -125,25 +129,35 @@ class Config:
     channels: list[int] = rule([48, 96, 128, 364], POSITIVE_INTS)
     blocks: list[int] = rule([2, 2, 2, 2], POSITIVE_INTS)
     dropout: float = rule(0.1, number(ge=0, lt=1))
+    zero_init_residual: bool = rule(False, FLAG)  # each block's last BatchNorm starts at 0 (Goyal et al. 2017)
+    stem_init: str = rule("default", one_of("default", "patch_pca"))  # patch_pca: from 3x3 patches (utils.model)
     # --- optimisation (the paper's recipe) ---
     epochs: int = rule(100, integer(ge=1))
     batch_size: int = rule(128, integer(ge=1))
-    lr: float = rule(0.1, number(gt=0), "OneCycleLR's max_lr")
+    lr: float = rule(0.1, number(gt=0), "the schedule's peak (OneCycleLR's max_lr)")
+    schedule: str = rule("onecycle", one_of("onecycle", "linear"))  # linear: up over pct_start, down to 0 (recipe)
     momentum: float = rule(0.9, number(ge=0, lt=1), "SGD's momentum where cycle_momentum is false")
     cycle_momentum: bool = rule(True, FLAG)      # OneCycleLR cycles SGD's momentum 0.95 -> 0.85 -> 0.95 (PyTorch's
-    #   default, which the paper's code ran): `momentum` is then not used. False: SGD keeps `momentum` throughout.
+    #   default, which the paper's code ran): `momentum` is then not used. False, or schedule linear: SGD keeps it.
     nesterov: bool = rule(False, FLAG)
     weight_decay: float = rule(5e-4, number(ge=0))
+    decay_norm_and_bias: bool = rule(True, FLAG)  # the paper's; false: no decay on BatchNorm weights, nor any bias
     pct_start: float = rule(0.1, number(gt=0, lt=1), "the warm-up share of the schedule")
     patience: int = rule(10, integer(ge=0), "epochs without a better val accuracy before stopping; 0: never stop")
     # --- beyond the paper (all off in `paper`) ---
     label_smoothing: float = rule(0.0, number(ge=0, lt=1))
     ema_decay: float = rule(0.0, number(ge=0, lt=1), "0: no weight averaging")
+    ema_window: float = rule(0.0, number(ge=0, le=1), "share of the run's steps: decay 1 - 1/(ema_window x steps)")
+    crop_padding: int = rule(4, integer(ge=0, le=8), "the random crop's padding per side, the paper's 4; 0: no shift")
+    padding_mode: str = rule("zeros", one_of("zeros", "reflect"))   # what the crop's padding holds
+    alternating_flip: bool = rule(False, FLAG)   # true: each image's mirroring alternates by epoch (airbench)
     cutout: int = rule(0, integer(ge=0, le=IMAGE_SIDE - 1), "side of the erased square, smaller than the image")
     auto_augment: str = rule("none", one_of("none", "trivialaugment"))  # one random op and magnitude per image
     mixup_alpha: float = rule(0.0, number(ge=0), "Beta(alpha, alpha) for MixUp; 0: off")
     cutmix_alpha: float = rule(0.0, number(ge=0), "Beta(alpha, alpha) for CutMix; 0: off")
-    tta: str = rule("none", one_of("none", "flip", "flip_shift"))  # test-time augmentation at evaluation and submission
+    tta: str = rule("none", one_of(*TTA_VIEWS))  # test-time augmentation at evaluation and submission (utils.evaluate)
+    tta_weights: list[float] | None = rule(None, optional(listed(number(ge=0), "numbers >= 0")), "one per view of "
+                                           "`tta`, the probabilities averaged in proportion; null: equal weights")
     self_training: float = rule(0.0, number(ge=0, le=1), "share of the unlabeled images the members' ensemble "
                                 "labels, the most confident per class, for a second training (utils.self_training); "
                                 "0: off")
@@ -246,7 +260,7 @@ class Config:
         out = []
         if not self.has_validation:
             out.append("val_fraction 0: no validation split; training uses every training image, best.pt holds the "
-                       "final weights" + (" (EMA)" if self.ema_decay else "")
+                       "final weights" + (" (EMA)" if self.ema_decay or self.ema_window else "")
                        + (f", and early stopping (patience {self.patience}) is off" if self.patience else "")
                        + f"; the labeled test batch is evaluated every {self.monitor_every} epoch(s) and at the last "
                        "as a monitor only: it chooses nothing")
@@ -298,6 +312,13 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
                         "is the only view of training; expected monitor_every >= 1")
     if valid("nesterov", "momentum") and cfg.nesterov and cfg.momentum == 0:
         problems.append("nesterov = True with momentum = 0.0: Nesterov momentum needs momentum > 0")
+    if valid("tta", "tta_weights") and cfg.tta_weights is not None and (
+            len(cfg.tta_weights) != TTA_VIEWS[cfg.tta] or not sum(cfg.tta_weights) > 0):
+        problems.append(f"tta_weights = {cfg.tta_weights} with tta = {cfg.tta!r}: expected {TTA_VIEWS[cfg.tta]} "
+                        "weight(s), one per view, with a sum > 0, or null for equal weights")
+    if valid("ema_decay", "ema_window") and cfg.ema_decay and cfg.ema_window:
+        problems.append(f"ema_decay = {cfg.ema_decay} with ema_window = {cfg.ema_window}: two settings of one decay; "
+                        "expected ema_decay 0 (the decay is then 1 - 1/(ema_window x steps)) or ema_window 0")
     if valid("subset_per_class", "val_fraction") and cfg.has_validation:
         n = (cfg.subset_per_class or IMAGES_PER_CLASS) * NUM_CLASSES
         n_val = math.ceil(n * cfg.val_fraction)
@@ -316,9 +337,9 @@ def _cross_field_problems(cfg: Config, invalid: set[str]) -> list[str]:
 # notebook that reads it); every other field is the recipe. Resume (utils.train) and checkpoint discovery for
 # inference (utils.checkpoint) apply the same rule, so it lives here, below both.
 RUNTIME_FIELDS = {"data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path", "test_limit", "device",
-                  "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "profile",
-                  "corruption_images", "members", "member", "max_epochs_this_call", "monitor_every",
-                  "allow_unfinished", "self_training"}
+                  "amp", "channels_last", "compile", "eval_batch_size", "resume", "tta", "tta_weights", "profile",
+                  "corruption_images", "members", "member", "max_epochs_this_call", "monitor_every", "allow_unfinished",
+                  "self_training"}
 # `self_training` changes nothing in how the members train (it is a step after them, so it may be turned on for a
 # trained run); the round's own folder guards its data (utils.self_training.labels_for_round).
 

@@ -216,10 +216,11 @@ def members_table(members: Sequence[Member]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 def predict_members(members: Sequence[Member], images: np.ndarray, cfg: Config,
                     plan: ExecutionPlan | None = None) -> np.ndarray:
-    """Each member's probabilities (M, N, 10) for uint8 NHWC images, with the profile's TTA: one pass per member."""
+    """Each member's probabilities (M, N, 10) for uint8 NHWC images, with the profile's TTA (and its view weights):
+    one pass per member."""
     device = plan.device if plan is not None else torch.device("cpu")
     return np.stack([predict_with_checkpoint(m.model, m.checkpoint, images, device, cfg.eval_batch_size, cfg.tta,
-                                             plan) for m in members])
+                                             plan, cfg.tta_weights) for m in members])
 
 
 def ensemble_probabilities(member_probs: np.ndarray) -> np.ndarray:

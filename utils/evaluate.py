@@ -5,9 +5,11 @@ Design choices:
   augmentation), so validation and test see exactly the preprocessing inference will.
 - Test-time augmentation (`tta`) averages the softmax over views of each image: `flip` adds its
   mirror; `flip_shift` also adds the image and its mirror translated by TTA_SHIFT pixels in both
-  diagonal directions (6 views), the kind of shift the training crops (zero padding 4) taught the model.
-  Probabilities are averaged, not logits: a view that is sure of itself does not outvote the others.
-  Off in `paper` (the paper evaluates plain).
+  diagonal directions (6 views), the kind of shift the training crops (zero padding 4) taught the model;
+  `flip_translate` is airbench's: the same 6 views with TTA_TRANSLATE pixel and the border reflected
+  (`tta_views` lists them in order). Probabilities are averaged, not logits: a view that is sure of itself
+  does not outvote the others; equally, or in proportion to `tta_weights` (airbench weighs the unshifted
+  pair twice: [2, 2, 1, 1, 1, 1]). Off in `paper` (the paper evaluates plain).
 - The execution plan (precision, layout) is the caller's (`utils.runtime.device.ExecutionPlan`); without one,
   evaluation runs in fp32, exact.
 - Metrics come from scikit-learn (classification_report, confusion_matrix) rather than hand-written
@@ -24,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
+from .config import TTA_VIEWS, Config
 from .corruptions import robustness_table
 from .dataset import Splits, prepare_splits
 from .loader import DeviceLoader
 from .runtime.device import ExecutionPlan, decide
 from .runtime.progress import progress_bars
 
-TTA_SHIFT = 2                 # pixels; within the training crops' +-4
+TTA_SHIFT = 2                 # pixels, flip_shift's; within the training crops' +-4
+TTA_TRANSLATE = 1             # pixels, flip_translate's (airbench's)
 
 
 def tta_mode(tta: str | bool) -> str:
@@ -39,66 +42,93 @@ def tta_mode(tta: str | bool) -> str:
     return {True: "flip", False: "none"}[tta] if isinstance(tta, bool) else tta
 
 
-def translate(x: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> torch.Tensor:
-    """Shift normalized images by (dy, dx) pixels, filling the border with `fill` (black, once normalized)."""
+def translate(x: torch.Tensor, dy: int, dx: int, fill: torch.Tensor | None) -> torch.Tensor:
+    """Shift normalized images by (dy, dx) pixels (down and right where positive), filling the border with `fill`
+    (black, once normalized), or with the image reflected about its border (F.pad's 'reflect') where fill is None."""
     p = max(abs(dy), abs(dx))
-    padded = F.pad(x - fill, (p, p, p, p)) + fill
+    padded = F.pad(x, (p, p, p, p), mode="reflect") if fill is None else F.pad(x - fill, (p, p, p, p)) + fill
     h, w = x.shape[-2:]
     return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
 
 
 def tta_views(x: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tensor]:
+    """The views of a `tta` mode, in this order (utils.config.TTA_VIEWS counts them): none: x; flip: x, its mirror;
+    flip_shift: those two, then x shifted by -d and +d pixels along both axes, then its mirror the same way (d =
+    TTA_SHIFT, the border `fill`); flip_translate: the same 6 with d = TTA_TRANSLATE and the border reflected."""
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"tta = {mode!r}: expected one of {', '.join(map(repr, TTA_VIEWS))}")
     views = [x]
-    if mode in ("flip", "flip_shift"):
+    if mode != "none":
         views.append(x.flip(3))
-    if mode == "flip_shift":
-        views += [translate(v, d, d, fill) for v in (x, x.flip(3)) for d in (-TTA_SHIFT, TTA_SHIFT)]
+    if mode in ("flip_shift", "flip_translate"):
+        d, border = (TTA_SHIFT, fill) if mode == "flip_shift" else (TTA_TRANSLATE, None)
+        views += [translate(v, s, s, border) for v in (x, x.flip(3)) for s in (-d, d)]
     return views
+
+
+def view_log_weights(mode: str, weights: list[float] | None) -> list[float] | None:
+    """The log of each view's share of the average, `weights` normalised to sum 1 (-inf for a weight of 0: that
+    view is never computed); None for equal weights."""
+    if weights is None:
+        return None
+    if len(weights) != TTA_VIEWS[mode] or min(weights) < 0 or not sum(weights) > 0:
+        raise ValueError(f"tta_weights = {list(weights)}: expected {TTA_VIEWS[mode]} weight(s) >= 0 for tta "
+                         f"{mode!r}, one per view, with a sum > 0")
+    return [math.log(w / sum(weights)) if w > 0 else -math.inf for w in weights]
 
 
 @torch.no_grad()
 def predict_log_probs(model: nn.Module, loader: DeviceLoader, tta: str | bool = "none",
-                   plan: ExecutionPlan | None = None) -> torch.Tensor:
-    """Class log-probabilities (N, C) for every image of `loader`, in order, as a float32 tensor on its device."""
+                   plan: ExecutionPlan | None = None, tta_weights: list[float] | None = None) -> torch.Tensor:
+    """Class log-probabilities (N, C) for every image of `loader`, in order, as a float32 tensor on its device: the
+    mean of the `tta` views' probabilities, weighted by `tta_weights` (None: equally)."""
     plan = plan or decide(loader.device, amp=False, channels_last=False)
     if plan.channels_last:        # the model in the layout of its input batches (a member loaded contiguous, say)
         model.to(memory_format=torch.channels_last)
     mode = tta_mode(tta)
+    log_weights = view_log_weights(mode, tta_weights)
     black = -loader.mean / loader.std
     was_training = model.training
     model.eval()
     out = []
     for x, _ in loader:
+        views = tta_views(x, mode, black)
+        if log_weights is not None:                  # a view of weight 0 is not computed
+            views, shares = zip(*[(v, w) for v, w in zip(views, log_weights) if w > -math.inf])
         with plan.autocast():
-            views = [F.log_softmax(model(v).float(), dim=1) for v in tta_views(x, mode, black)]
-        out.append(torch.logsumexp(torch.stack(views), 0) - math.log(len(views)))
+            views = [F.log_softmax(model(v).float(), dim=1) for v in views]
+        if log_weights is None:
+            out.append(torch.logsumexp(torch.stack(views), 0) - math.log(len(views)))
+        else:
+            out.append(torch.logsumexp(torch.stack([v + w for v, w in zip(views, shares)]), 0))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10, device=loader.device)
 
 
 def evaluate_loader(model: nn.Module, loader: DeviceLoader, tta: str | bool = "none",
-                    plan: ExecutionPlan | None = None) -> dict[str, float]:
+                    plan: ExecutionPlan | None = None, tta_weights: list[float] | None = None) -> dict[str, float]:
     """Sample-weighted mean cross-entropy and accuracy over a labeled loader."""
-    logp = predict_log_probs(model, loader, tta=tta, plan=plan)
+    logp = predict_log_probs(model, loader, tta=tta, plan=plan, tta_weights=tta_weights)
     labels = loader.labels
     return {"loss": F.nll_loss(logp, labels).item(),
             "acc": (logp.argmax(1) == labels).float().mean().item()}
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, mean, std, device: torch.device,
-                  batch_size: int = 500, tta: str | bool = "none", plan: ExecutionPlan | None = None) -> np.ndarray:
+                  batch_size: int = 500, tta: str | bool = "none", plan: ExecutionPlan | None = None,
+                  tta_weights: list[float] | None = None) -> np.ndarray:
     """Softmax probabilities (N, 10) for uint8 NHWC images."""
     channels_last = plan is not None and plan.channels_last
     loader = DeviceLoader(images, None, mean, std, batch_size, device, train=False, channels_last=channels_last)
-    return predict_log_probs(model, loader, tta=tta, plan=plan).exp().cpu().numpy()
+    return predict_log_probs(model, loader, tta=tta, plan=plan, tta_weights=tta_weights).exp().cpu().numpy()
 
 
 def predict_with_checkpoint(model: nn.Module, checkpoint: dict, images: np.ndarray, device: torch.device,
-                            batch_size: int = 500, tta: str | bool = "none",
-                            plan: ExecutionPlan | None = None) -> np.ndarray:
+                            batch_size: int = 500, tta: str | bool = "none", plan: ExecutionPlan | None = None,
+                            tta_weights: list[float] | None = None) -> np.ndarray:
     """Softmax probabilities (N, 10) normalized with the mean/std stored in the model's checkpoint."""
     norm = checkpoint["normalization"]
-    return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size, tta, plan)
+    return predict_proba(model, images, norm["mean"], norm["std"], device, batch_size, tta, plan, tta_weights)
 
 
 def checkpoint_splits(checkpoint: dict, cfg: Config) -> Splits:
@@ -118,11 +148,11 @@ def corruption_images(images: np.ndarray, cfg: Config, device: torch.device) -> 
 def uint8_log_probs(model: nn.Module, checkpoint: dict, batch: torch.Tensor, cfg: Config,
                     plan: ExecutionPlan | None = None) -> torch.Tensor:
     """Class log-probabilities for a uint8 (n, 3, H, W) batch on the device, with the checkpoint's normalisation
-    and the profile's TTA (a corruption set of robustness_table)."""
+    and the profile's TTA and its weights (a corruption set of robustness_table)."""
     norm = checkpoint["normalization"]
     loader = DeviceLoader(batch, None, norm["mean"], norm["std"], cfg.eval_batch_size, batch.device,
                           channels_last=plan is not None and plan.channels_last)
-    return predict_log_probs(model, loader, cfg.tta, plan)
+    return predict_log_probs(model, loader, cfg.tta, plan, cfg.tta_weights)
 
 
 def robustness(model: nn.Module, checkpoint: dict, images: np.ndarray, labels: np.ndarray, cfg: Config,

@@ -10,9 +10,15 @@ Design choices:
   first release drew them (so batches are bit-identical to it), and moved to the device in ONE copy:
   a per-batch `.to(device)` from pageable memory would synchronise the GPU stream several times a step.
 - Validation and test batches are never augmented (the original notebook augmented its val split).
+- Knobs beyond the paper (utils.config.Config, off in `paper`): the crop's padding (`crop_padding`, 0: no shift) and
+  what it holds (`padding_mode`: zeros, or the image reflected about its border), and `alternating_flip`
+  (airbench's: each image mirrored or not at random in epoch 0, then the other way every next epoch). They leave
+  the default path's draws untouched: the alternating flips replace the epoch's coins (still drawn, so the crops
+  and cutout centres are those of the default path) with a per-image start drawn from a generator of its own.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,7 +29,7 @@ from .augment import draw_trivial_augment, trivial_augment
 from .config import Config
 from .dataset import Splits
 
-CROP_PAD = 4                       # RandomCrop(32, padding=4), the paper's
+CROP_PAD = Config.crop_padding     # RandomCrop(32, padding=4), the paper's: Config's default
 
 # --------------------------------------------------------------------------------------------
 # Batched augmentation: draw on the CPU generator, apply on the device
@@ -46,14 +52,24 @@ def draw_cutout(n: int, height: int, width: int, generator: torch.Generator) -> 
     return cy, cx
 
 
-def crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Zero-pad each side by `pad` and crop back at offsets (dy, dx) per image (RandomCrop(32, padding=4))."""
+def reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices from -(size - 1) to 2 (size - 1) mirrored into 0..size - 1 about the first and last row or column,
+    which are not repeated (F.pad's 'reflect': -1 -> 1, size -> size - 2)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, mode: str = "zeros") -> torch.Tensor:
+    """Pad each side by `pad` (zeros, or the image reflected: mode 'reflect') and crop back at offsets (dy, dx) per
+    image (RandomCrop(32, padding=4))."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
+    if mode == "reflect":           # padded row r is source row r - pad, mirrored at the border
+        return x[batch, chan, reflect(rows - pad, h), reflect(cols - pad, w)]
+    padded = F.pad(x, (pad, pad, pad, pad))
     return padded[batch, chan, rows, cols]
 
 
@@ -100,15 +116,25 @@ def epoch_seed(training_seed: int, epoch: int) -> int:
     return training_seed * 1_000_003 + epoch
 
 
+def first_flips(training_seed: int, n: int) -> torch.Tensor:
+    """Under `alternating_flip`: whether each of `n` images (by index) is mirrored in epoch 0, from a generator of
+    its own seeded by the training seed alone, so that no epoch's draws shift."""
+    digest = hashlib.sha256(f"cifar10-alternating-flip/{training_seed}".encode()).digest()
+    return draw_flip(n, torch.Generator().manual_seed(int.from_bytes(digest[:8], "big")))
+
+
 class DeviceLoader:
     """Normalized float batches from a uint8 dataset held on `device`.
 
-    train=True shuffles and augments (crop pad 4 + flip, optional TrivialAugment and cutout); train=False keeps
-    the order and never augments. Call `set_epoch(e)` before iterating so each epoch's draws are reproducible."""
+    train=True shuffles and augments (crop with `crop_padding` of `padding_mode` + flip, optional TrivialAugment and
+    cutout); train=False keeps the order and never augments. Call `set_epoch(e)` before iterating so each epoch's
+    draws are reproducible."""
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, mean, std, batch_size: int,
                  device: str | torch.device = "cpu", train: bool = False, cutout_size: int = 0,
-                 seed: int = 0, channels_last: bool = False, auto_augment: str = "none"):
+                 seed: int = 0, channels_last: bool = False, auto_augment: str = "none",
+                 crop_padding: int = CROP_PAD, padding_mode: str = Config.padding_mode,
+                 alternating_flip: bool = Config.alternating_flip):
         device = torch.device(device)
         if isinstance(images, torch.Tensor):     # already uint8 (N, 3, H, W), e.g. corrupted test images
             self.images = images.to(device).contiguous()
@@ -119,6 +145,7 @@ class DeviceLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.batch_size, self.train, self.cutout_size = batch_size, train, cutout_size
         self.auto_augment = auto_augment
+        self.crop_padding, self.padding_mode, self.alternating_flip = crop_padding, padding_mode, alternating_flip
         self.seed, self.epoch, self.device = seed, 0, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -141,14 +168,15 @@ class DeviceLoader:
 
     def draw_epoch(self) -> dict[str, torch.Tensor]:
         """This epoch's order and per-image augmentation draws, made on the CPU generator batch by batch (the
-        first release's order of draws) and moved to the device in one copy."""
+        first release's order of draws) and moved to the device in one copy. With `alternating_flip` the flips are
+        each image's epoch-0 flip (`first_flips`), reversed in odd epochs."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         _, _, h, w = self.images.shape
         parts: dict[str, list[torch.Tensor]] = {"order": [torch.randperm(len(self.images), generator=generator)]}
         for lo, hi in self.batch_bounds():
             n = hi - lo
-            batch = dict(zip(("dy", "dx"), draw_crop(n, CROP_PAD, generator)))
-            batch["flip"] = draw_flip(n, generator)
+            batch = dict(zip(("dy", "dx"), draw_crop(n, self.crop_padding, generator)))
+            batch["flip"] = draw_flip(n, generator)      # drawn even where alternating: the later draws stay put
             if self.cutout_size:
                 batch.update(zip(("cy", "cx"), draw_cutout(n, h, w, generator)))
             if self.auto_augment == "trivialaugment":
@@ -156,6 +184,9 @@ class DeviceLoader:
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value.long())
         flat = {key: torch.cat(values) for key, values in parts.items()}
+        if self.alternating_flip:
+            flips = first_flips(self.seed, len(self.images))[flat["order"][:len(flat["flip"])]] ^ bool(self.epoch % 2)
+            flat["flip"] = flips.long()
         packed = torch.cat(list(flat.values()))
         if self.device.type == "cuda":
             packed = packed.pin_memory().to(self.device, non_blocking=True)
@@ -171,7 +202,7 @@ class DeviceLoader:
                 x = self.images[idx]
             else:
                 idx = draws["order"][lo:hi]
-                x = crop(self.images[idx], CROP_PAD, draws["dy"][lo:hi], draws["dx"][lo:hi])
+                x = crop(self.images[idx], self.crop_padding, draws["dy"][lo:hi], draws["dx"][lo:hi], self.padding_mode)
                 x = flip(x, draws["flip"][lo:hi] != 0)
                 if self.auto_augment == "trivialaugment":
                     x = trivial_augment(x, draws["op"][lo:hi], draws["magnitude"][lo:hi], draws["sign"][lo:hi] != 0)
@@ -185,7 +216,8 @@ def augmented_examples(splits: Splits, cfg: Config, n: int = 16, seed: int = 123
     """`n` training images and the same images as the training loader would augment them under `cfg`, both uint8
     NHWC for display. Drawn with a generator of their own (`seed`), so the training batches do not change."""
     loader = DeviceLoader(splits.train_images[:n], splits.train_labels[:n], splits.mean, splits.std, n, "cpu",
-                          train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment)
+                          train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment,
+                          crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode)
     order = loader.draw_epoch()["order"].numpy()
     x, _ = next(iter(loader))
     mean, std = loader.mean, loader.std

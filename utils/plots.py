@@ -203,7 +203,7 @@ def training_curves(history: pd.DataFrame, path: str | Path | None = None, title
     else:
         ax_acc.set_title(f"Accuracy (no validation split; best.pt = epoch {int(saved['epoch'])})")
     ax_lr.plot(epoch, history["lr"], marker="o", ms=3, color="tab:green")
-    ax_lr.set_title("Learning rate (OneCycleLR, at epoch end)")
+    ax_lr.set_title("Learning rate (at epoch end)")
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
@@ -219,7 +219,7 @@ def lr_schedule(lrs: Sequence[float], steps_per_epoch: int, path: str | Path | N
     ax.plot(np.arange(len(lrs)) / steps_per_epoch, lrs, color="tab:green")
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
-    ax.set_title(f"Planned OneCycleLR schedule: peak {max(lrs):.3g}, {len(lrs):,} steps")
+    ax.set_title(f"Planned learning rate: peak {max(lrs):.3g}, {len(lrs):,} steps")
     ax.grid(alpha=0.3)
     return finish(fig, path)
 
