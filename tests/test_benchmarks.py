@@ -90,3 +90,51 @@ def test_self_training_benchmark_shifts_the_test_images_and_measures_members_and
     assert changed >= 90, f"only {changed} of 100 test images were shifted"
     labels = pd.read_csv(tmp_path / "run" / "self-training" / "pseudo_labels.csv")
     assert len(labels) == 100 and labels[labels["used"]]["label"].value_counts().max() <= 5
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks/proxy.py: the recipe proxy (issue 34)
+# --------------------------------------------------------------------------------------------
+PROXY = REPO_ROOT / "benchmarks" / "proxy.py"
+
+
+def test_proxy_scores_on_training_images_it_does_not_train_on():
+    from benchmarks.proxy import proxy_indices
+    labels = np.repeat(np.arange(10), 100)
+    train, held_out = proxy_indices(labels, 30, 20, data_seed=0)
+    assert np.bincount(labels[train]).tolist() == [30] * 10
+    assert np.bincount(labels[held_out]).tolist() == [20] * 10
+    assert not set(train) & set(held_out)
+    again = proxy_indices(labels, 30, 20, data_seed=0)       # the same images for every recipe and seed
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], held_out)
+
+
+def test_proxy_pairs_each_seed_with_the_baselines_and_gives_the_standard_error():
+    from benchmarks.proxy import compare
+    rows = [{"recipe": r, "seed": s, "acc": a} for r, s, a in
+            [("base", 0, 0.50), ("base", 1, 0.60), ("base", 2, 0.70),
+             ("new", 0, 0.52), ("new", 1, 0.63), ("new", 2, 0.71)]]
+    base, new = compare(rows, ["base", "new"], [0, 1, 2])
+    diffs = [0.02, 0.03, 0.01]                              # seed by seed, not mean minus mean of unpaired runs
+    assert math.isclose(new["diff"], 0.02) and math.isclose(new["se"], np.std(diffs, ddof=1) / 3 ** 0.5)
+    assert new["beyond_2se"] and not base["beyond_2se"] and math.isclose(base["mean_acc"], 0.6)
+    rows[4]["acc"] = 0.57                                   # seed 1 now loses: the gain is within the noise
+    assert not compare(rows, ["base", "new"], [0, 1, 2])[1]["beyond_2se"]
+
+
+@pytest.mark.slow
+def test_proxy_ranks_recipes_and_a_second_call_reuses_finished_runs(cifar_dir, tmp_path):
+    cmd = [sys.executable, str(PROXY), "--recipes", "tiny:epochs=1", "tiny:epochs=1,label_smoothing=0.1",
+           "--seeds", "0", "1", "--per-class", "20", "--holdout-per-class", "10", "--epochs", "1",
+           "--device", "cpu", "--data-dir", str(cifar_dir), "--run-root", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [t["recipe"] for t in result["table"]] == ["tiny:epochs=1", "tiny:epochs=1,label_smoothing=0.1"]
+    assert len(result["runs"]) == 4 and all(t["seeds"] == 2 for t in result["table"])
+    assert done.stdout.count("Training ") == 4 and "| paired diff to baseline |" in done.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert again.returncode == 0 and "Training " not in again.stdout       # finished runs are read, not retrained
+    assert json.loads(again.stdout.strip().splitlines()[-1])["table"] == result["table"]
+    bad = subprocess.run([*cmd[:3], "tiny:schedul=linear"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode != 0 and "schedul" in bad.stderr and "Training " not in bad.stdout
