@@ -2,6 +2,7 @@
 benchmarks read such specs, so the parsing lives beside them, not in utils.config."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -10,10 +11,11 @@ from utils.config import Config
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """A profile with overrides, as the benchmarks take it: 'fast:ema_decay=0,cutout=0' -> ('fast', {...})."""
+    """A profile with overrides, as the benchmarks take it: 'fast:ema_decay=0,cutout=0' -> ('fast', {...}); a
+    list value keeps its commas: 'quick:tta_weights=[2,2,1,1,1,1]'."""
     name, _, rest = spec.partition(":")
     overrides: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):    # the commas outside [...]
         key, sep, value = item.partition("=")
         if not sep or key not in Config.field_names():
             raise ValueError(f"bad override {item!r} in {spec!r}: use FIELD=VALUE with a field of utils.config.Config")

@@ -138,3 +138,12 @@ def test_proxy_ranks_recipes_and_a_second_call_reuses_finished_runs(cifar_dir, t
     assert json.loads(again.stdout.strip().splitlines()[-1])["table"] == result["table"]
     bad = subprocess.run([*cmd[:3], "tiny:schedul=linear"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert bad.returncode != 0 and "schedul" in bad.stderr and "Training " not in bad.stdout
+
+
+def test_a_recipe_spec_reads_lists_whole_and_refuses_unknown_fields():
+    from benchmarks.spec import parse_spec
+    assert parse_spec("quick:tta=flip_translate,tta_weights=[2,2,1,1,1,1],lr=0.2") == (
+        "quick", {"tta": "flip_translate", "tta_weights": [2, 2, 1, 1, 1, 1], "lr": 0.2})
+    assert parse_spec("paper") == ("paper", {})
+    with pytest.raises(ValueError, match="schedul=linear"):
+        parse_spec("quick:schedul=linear")
