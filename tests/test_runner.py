@@ -83,8 +83,11 @@ def test_a_failing_notebook_stops_the_run_and_names_notebook_and_cell(tmp_path, 
 @pytest.mark.notebooks
 def test_ctrl_c_during_training_exits_130_with_one_line_on_resuming_and_whole_checkpoints(tmp_path, cifar_dir):
     args = tiny_run_args(tmp_path, cifar_dir, epochs="60")
+    # SIGINT at its default in the child, as in a terminal: a shell starts a background job (`pytest &`) with SIGINT
+    # ignored, the child would inherit that, and Python then never raises KeyboardInterrupt (seen: run.py hung).
     proc = subprocess.Popen([sys.executable, "run.py", "--profile", "smoke", "--out", str(tmp_path / "executed"),
-                             *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "ckpt" / "last.pt"
     deadline = time.time() + 600
     while not last.exists() and proc.poll() is None and time.time() < deadline:
