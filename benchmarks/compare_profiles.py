@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from benchmarks.scoring import evaluate_checkpoint  # noqa: E402
-from benchmarks.spec import parse_spec  # noqa: E402
+from benchmarks.spec import parse_spec, spec_folder  # noqa: E402
 from utils.config import Config, load_config  # noqa: E402
 from utils.dataset import load_cifar10, prepare_splits  # noqa: E402
 from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
@@ -37,7 +37,7 @@ def spec_config(spec: str, args: argparse.Namespace) -> Config:
         name, overrides = parse_spec(spec)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    run_dir = Path(args.run_root) / spec.replace(":", "__").replace(",", "_").replace("=", "-")
+    run_dir = Path(args.run_root) / spec_folder(spec)
     return load_config(name, **{**overrides, "subset_per_class": args.subset_per_class, "epochs": args.epochs,
                                 "seed": args.seed, "device": args.device, "run_dir": str(run_dir),
                                 "resume": False, "test_limit": args.test_limit,

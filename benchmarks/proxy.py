@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.spec import parse_spec  # noqa: E402
+from benchmarks.spec import parse_spec, spec_folder  # noqa: E402
 from utils.config import Config, load_config  # noqa: E402
 from utils.dataset import Splits, channel_stats, load_cifar10, per_class_subset  # noqa: E402
 from utils.evaluate import predict_log_probs  # noqa: E402
@@ -70,7 +70,7 @@ def proxy_splits(data, per_class: int, holdout_per_class: int, data_seed: int) -
 def run_config(spec: str, seed: int, args: argparse.Namespace) -> Config:
     name, overrides = parse_spec(spec)
     scale = f"{args.per_class}-per-class-{args.holdout_per_class}-held-out-{args.epochs}-epochs-data-{args.data_seed}"
-    folder = Path(args.run_root) / scale / spec.replace(":", "__").replace(",", "_").replace("=", "-") / f"seed-{seed}"
+    folder = Path(args.run_root) / scale / spec_folder(spec) / f"seed-{seed}"
     return load_config(name, **{**overrides, "epochs": args.epochs, "seed": seed, "val_fraction": 0.0,
                                 "subset_per_class": args.per_class, "monitor_every": args.epochs,
                                 "device": args.device, "run_dir": str(folder), "members": 1, "member": None})

@@ -21,3 +21,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"bad override {item!r} in {spec!r}: use FIELD=VALUE with a field of utils.config.Config")
         overrides[key] = yaml.safe_load(value)
     return name, overrides
+
+
+def spec_folder(spec: str) -> str:
+    """A folder name for a spec's runs: 'fast:ema_decay=0,cutout=0' -> 'fast__ema_decay-0_cutout-0'."""
+    return spec.replace(":", "__").replace(",", "_").replace("=", "-")

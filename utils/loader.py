@@ -217,7 +217,8 @@ def augmented_examples(splits: Splits, cfg: Config, n: int = 16, seed: int = 123
     NHWC for display. Drawn with a generator of their own (`seed`), so the training batches do not change."""
     loader = DeviceLoader(splits.train_images[:n], splits.train_labels[:n], splits.mean, splits.std, n, "cpu",
                           train=True, cutout_size=cfg.cutout, seed=seed, auto_augment=cfg.auto_augment,
-                          crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode)
+                          crop_padding=cfg.crop_padding, padding_mode=cfg.padding_mode,
+                          alternating_flip=cfg.alternating_flip)
     order = loader.draw_epoch()["order"].numpy()
     x, _ = next(iter(loader))
     mean, std = loader.mean, loader.std
