@@ -5,6 +5,7 @@
     python run.py --profile smoke         # configs/smoke.yaml
     python run.py --profile paper -p epochs 30 -p tta true
     python run.py --profile leaderboard -p member 1   # train ensemble member 1 alone (members over machines)
+    python run.py --profile quick --committed   # 04 + 05 on the trained model in models/quick/, no training
     python run.py --list                  # the profiles there are
 
 Each notebook gets the profile's values (configs/<profile>.yaml over utils.config.Config's defaults)
@@ -40,6 +41,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from utils.checkpoint import load_checkpoint
 from utils.config import (
     Config,
     ConfigError,
@@ -47,6 +49,7 @@ from utils.config import (
     load_config,
     profile_path,
     read_profile,
+    recipe_differences,
     unknown_names,
 )
 from utils.runtime import platforms
@@ -55,6 +58,7 @@ from utils.runtime.progress import PROGRESS_ENV
 
 NOTEBOOK_DIR = platforms.REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_kaggle_submit.ipynb"]
+COMMITTED_DIR = platforms.REPO_ROOT / "models"    # models/<profile>/best.pt: a trained model in the repository
 KERNEL = "python3"
 INTERRUPTED = 130          # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
 
@@ -100,6 +104,29 @@ def check_run(profile: str, overrides: dict[str, Any]) -> tuple[Config, dict[str
     except (ConfigError, DeviceError, platforms.OutputError) as err:
         raise UsageError(f"run.py: {err}") from None
     return cfg, {**read_profile(profile), **overrides, "profile": profile}
+
+
+def committed_run(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """--committed: the overrides that point 04 and 05 at models/<profile>/best.pt, once it is known to exist and
+    to hold this profile's recipe (the overrides included); figures and submission go to runs/<profile>-committed/
+    unless -p says otherwise."""
+    best = COMMITTED_DIR / profile / "best.pt"
+    if not best.is_file():
+        have = sorted(p.parent.name for p in COMMITTED_DIR.glob("*/best.pt"))
+        raise UsageError(f"run.py: --committed: no committed model for profile '{profile}' ({best}); committed: "
+                         f"{', '.join(have) or 'none'}. Train it instead: leave out --committed.")
+    if "run_dir" in overrides:
+        raise UsageError(f"run.py: --committed reads {best.parent}; leave out -p run_dir.")
+    outputs = f"runs/{profile}-committed"    # a student's own run keeps its figures and submission.csv
+    overrides = {"figures_dir": f"{outputs}/figures", "submission_path": f"{outputs}/submission.csv", **overrides,
+                 "run_dir": str(best.parent)}
+    cfg, _ = check_run(profile, overrides)
+    differences = recipe_differences(load_checkpoint(best)["config"], cfg)
+    if differences:
+        raise UsageError(f"run.py: --committed: {best} was trained with another recipe than profile '{profile}' "
+                         f"with these overrides ({'; '.join(differences)}). Leave those -p out, or train without "
+                         "--committed.")
+    return overrides
 
 
 def member_plan(cfg: Config) -> str:
@@ -201,13 +228,18 @@ def setup_said(executed: Path) -> set[str]:
     return {line for line in text.splitlines() if line.strip()}
 
 
-def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, quiet: bool = False) -> int:
-    cfg, params = check_run(profile, parse_overrides(overrides))
+def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, quiet: bool = False,
+        committed: bool = False) -> int:
+    values = parse_overrides(overrides)
+    if committed:
+        values = committed_run(profile, values)
+    cfg, params = check_run(profile, values)
+    notebooks = NOTEBOOKS[3:] if committed else NOTEBOOKS     # a committed model: no data, model or training step
     check_kernel()
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    out_dir = out_dir or platforms.REPO_ROOT / "runs" / profile
+    out_dir = out_dir or platforms.REPO_ROOT / "runs" / (f"{profile}-committed" if committed else profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Every notebook gets every field; the setup cell reads them from its globals, declared or not.
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
@@ -224,7 +256,8 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     shown = ShownOnce(sys.stdout, {platform, *cfg.notes()})   # each setup cell says these again
 
     timings = []
-    for i, nb in enumerate(NOTEBOOKS, 1):
+    for nb in notebooks:
+        i = NOTEBOOKS.index(nb) + 1
         output = out_dir / nb
         print(f"\n[{i}/{len(NOTEBOOKS)}] {nb}", flush=True)
         start = time.perf_counter()
@@ -257,7 +290,7 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
             print(f"\n{pause}", flush=True)
             return 0
 
-    print(f"\nAll {len(NOTEBOOKS)} notebooks ran (profile {profile}):")
+    print(f"\nAll {len(notebooks)} notebooks ran (profile {profile}{', committed model' if committed else ''}):")
     for nb, seconds in timings:
         print(f"  {nb:<24} {seconds:7.1f} s")
     print(f"  {'total':<24} {sum(s for _, s in timings):7.1f} s")
@@ -271,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter (VALUE parsed as YAML); repeatable")
     parser.add_argument("--list", action="store_true", help="list the profiles and exit")
     parser.add_argument("--out", type=Path, help="folder for the executed notebooks; default runs/<profile>/")
+    parser.add_argument("--committed", action="store_true",
+                        help="run 04 and 05 on the trained model committed in models/<PROFILE>/ (no training)")
     parser.add_argument("--quiet", action="store_true",
                         help="show papermill's cell bar instead of what the notebooks print (epoch lines, estimates)")
     args = parser.parse_args(argv)
@@ -287,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: no profile '{profile}'; available: {', '.join(available_profiles())}", file=sys.stderr)
         return 2
     try:
-        return run(profile, args.parameter, out_dir=args.out, quiet=args.quiet)
+        return run(profile, args.parameter, out_dir=args.out, quiet=args.quiet, committed=args.committed)
     except UsageError as err:
         print(err, file=sys.stderr)
         return 2

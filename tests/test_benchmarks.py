@@ -147,3 +147,36 @@ def test_a_recipe_spec_reads_lists_whole_and_refuses_unknown_fields():
     assert parse_spec("paper") == ("paper", {})
     with pytest.raises(ValueError, match="schedul=linear"):
         parse_spec("quick:schedul=linear")
+
+
+def test_tta_benchmark_pairs_every_mode_with_the_baseline_on_the_checkpoints_own_held_out_images(cifar_dir, tmp_path):
+    from utils.checkpoint import load_trained_model
+    from utils.config import Config
+    from utils.evaluate import checkpoint_splits, evaluate_loader
+    from utils.loader import DeviceLoader
+    from utils.train import fit
+
+    cfg = Config(channels=[16, 32], blocks=[1, 1], subset_per_class=100, val_fraction=0.2, epochs=4, batch_size=32,
+                 data_dir=str(cifar_dir), run_dir=str(tmp_path / "run"), device="cpu")
+    fit(cfg, progress=False, log=lambda line: None)       # a model whose views disagree on some images
+    path = tmp_path / "run" / "best.pt"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "tta.py"), str(path), "--modes", "none",
+                           "flip_translate:2,2,1,1,1,1", "--device", "cpu", "--data-dir", str(cifar_dir)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["images"] == 200                              # 20 of the 100 per class held out, never trained on
+    base, weighted = result["modes"]["none"], result["modes"]["flip_translate:2,2,1,1,1,1"]
+    assert base["gained"] == base["lost"] == 0 and base["diff"] == 0
+    assert weighted["gained"] + weighted["lost"] > 0            # the views disagree: the pairing is exercised
+    assert weighted["diff"] == pytest.approx((weighted["gained"] - weighted["lost"]) / 200)
+    assert weighted["diff"] == pytest.approx(weighted["acc"] - base["acc"])
+
+    loaded, ckpt = load_trained_model(path)                     # the same numbers through notebook 04's route
+    splits = checkpoint_splits(ckpt, cfg)
+    plan = decide("cpu")
+    loader = DeviceLoader(splits.val_images, splits.val_labels, ckpt["normalization"]["mean"],
+                          ckpt["normalization"]["std"], 500, plan.device, channels_last=plan.channels_last)
+    assert base["acc"] == pytest.approx(evaluate_loader(loaded, loader, "none", plan)["acc"])
+    assert weighted["acc"] == pytest.approx(
+        evaluate_loader(loaded, loader, "flip_translate", plan, [2, 2, 1, 1, 1, 1])["acc"])

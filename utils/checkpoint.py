@@ -74,6 +74,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return _upgrade(ckpt)
 
 
+PATH_FIELDS = ("data_dir", "run_dir", "figures_dir", "submission_path", "nolabel_path")
+
+
+def export_half(source: str | Path, target: str | Path) -> Path:
+    """A best.pt made to be committed (models/<profile>/best.pt, `python run.py --profile P --committed`): its
+    floating-point weights in fp16, half the size (load_state_dict casts them back to the model's fp32), and the
+    paths of the machine that trained it reset to the defaults. Everything else (recipe, progress, statistics) is
+    kept, so it is read like any best.pt."""
+    ckpt = load_checkpoint(source)
+    defaults = Config().to_dict()
+    ckpt["config"] = {**ckpt["config"], **{k: defaults[k] for k in PATH_FIELDS}}
+    ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(ckpt, Path(target))
+
+
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """load_state_dict, but a mismatch is reported as the keys and shapes that differ."""
     own = model.state_dict()
