@@ -1,5 +1,6 @@
 """A trained model's headline numbers, as the benchmarks report them (benchmarks/reproduce.py,
-benchmarks/compare_profiles.py); the notebooks compute theirs in notebook 04 through utils.evaluate."""
+benchmarks/compare_profiles.py), and two models compared image by image (benchmarks/tta.py, self_training.py); the
+notebooks compute theirs in notebook 04 through utils.evaluate."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,3 +31,13 @@ def evaluate_checkpoint(path, cfg: Config, splits: Splits, plan: ExecutionPlan) 
             "val_acc": acc(splits.val_images, splits.val_labels) if len(splits.val_labels) else None,
             "test_acc": acc(splits.test_images, splits.test_labels, cfg.tta) if cfg.tta != "none" else plain,
             "test_acc_no_tta": plain, "mean_corruption_acc": summarize(table)["corruption_accuracy"]}
+
+
+def paired(correct: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
+    """Accuracy over the images of `correct` (True = right) and its difference to `baseline` on the same images: the
+    images gained and lost, the mean per-image difference (+1, 0, -1) and its standard error, and whether the
+    difference is beyond two of them."""
+    diff = np.asarray(correct, dtype=float) - np.asarray(baseline, dtype=float)
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    return {"acc": float(np.mean(correct)), "gained": int((diff > 0).sum()), "lost": int((diff < 0).sum()),
+            "diff": float(diff.mean()), "se": float(se), "beyond_2se": bool(abs(diff.mean()) > 2 * se)}

@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.scoring import paired  # noqa: E402
 from utils.checkpoint import load_trained_model  # noqa: E402
 from utils.config import Config  # noqa: E402
 from utils.evaluate import checkpoint_splits, predict_with_checkpoint  # noqa: E402
@@ -32,14 +31,6 @@ def parse_mode(text: str) -> tuple[str, list[float] | None]:
     """'flip_translate:2,2,1,1,1,1' -> ('flip_translate', [2, 2, 1, 1, 1, 1]); 'flip' -> ('flip', None)."""
     mode, _, weights = text.partition(":")
     return mode, [float(w) for w in weights.split(",")] if weights else None
-
-
-def paired(correct: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
-    """Accuracy and its paired difference to the baseline over the same images (1 = right, 0 = wrong)."""
-    diff = correct.astype(float) - baseline
-    se = diff.std(ddof=1) / np.sqrt(len(diff))
-    return {"acc": float(correct.mean()), "gained": int((diff > 0).sum()), "lost": int((diff < 0).sum()),
-            "diff": float(diff.mean()), "se": float(se), "beyond_2se": bool(abs(diff.mean()) > 2 * se)}
 
 
 def main(argv: list[str] | None = None) -> int:

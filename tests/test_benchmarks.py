@@ -70,26 +70,48 @@ def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifa
 
 
 @pytest.mark.slow
-def test_self_training_benchmark_shifts_the_test_images_and_measures_members_and_student(cifar_dir, tmp_path):
+def test_self_training_benchmark_shifts_the_test_images_and_pairs_each_share_with_the_teacher(cifar_dir, tmp_path):
     import pandas as pd
 
     from utils.dataset import load_cifar10, load_unlabeled
-    cmd = [sys.executable, str(SELF_TRAINING), "--profile", "tiny:epochs=1,test_limit=100,tta=none", "--share", "0.5",
-           "--device", "cpu", "--data-dir", str(cifar_dir), "--run-root", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    common = ["--profile", "tiny:epochs=1,test_limit=100,tta=none", "--device", "cpu", "--data-dir", str(cifar_dir)]
+    done = subprocess.run([sys.executable, str(SELF_TRAINING), *common, "--shares", "0.5",
+                           "--run-root", str(tmp_path / "trained")], capture_output=True, text=True, timeout=900,
+                          cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["train_images"] == 180 and result["members"] == 1 and result["share"] == 0.5
-    assert set(result["results"]) == {"members", "self-trained"}
+    assert result["train_images"] == 180 and result["members"] == 1 and result["shares"] == [0.5]
+    assert set(result["results"]) == {"teacher", "student, share 0.5"}
     for row in result["results"].values():
-        assert set(row) == {"clean", "shifted", "shifted_bn_adapted"} and all(0 <= v <= 1 for v in row.values())
-    shifted, ids = load_unlabeled(tmp_path / "shifted_nolabel.pkl")            # the round's "unlabeled" images
+        assert set(row) == {"clean", "shifted", "shifted_bn_adapted"} and all(0 <= r["acc"] <= 1 for r in row.values())
+    teacher, student = result["results"]["teacher"], result["results"]["student, share 0.5"]
+    assert teacher["shifted"]["diff"] == 0 and teacher["shifted"]["gained"] == 0
+    assert student["shifted"]["diff"] == pytest.approx(student["shifted"]["acc"] - teacher["shifted"]["acc"])
+    shifted, ids = load_unlabeled(tmp_path / "trained" / "shifted_nolabel.pkl")   # the round's "unlabeled" images
     clean = load_cifar10(cifar_dir, download=False).test_images[:100]
     assert ids.tolist() == list(range(100))
     changed = sum(not np.array_equal(s, c) for s, c in zip(shifted, clean))
     assert changed >= 90, f"only {changed} of 100 test images were shifted"
-    labels = pd.read_csv(tmp_path / "run" / "self-training" / "pseudo_labels.csv")
+    labels = pd.read_csv(tmp_path / "trained" / "share-0.5" / "self-training" / "pseudo_labels.csv")
     assert len(labels) == 100 and labels[labels["used"]]["label"].value_counts().max() <= 5
+    right = labels["label"].to_numpy() == load_cifar10(cifar_dir, download=False).test_labels[:100]
+    assert result["labels_used"]["0.5"]["label_acc"] == pytest.approx(right[labels["used"].to_numpy()].mean())
+    assert sum(row["images"] for row in result["labels_by_confidence"]) == 100
+
+    # The member trained above as a --teacher: measured alike, its folder left as it was, a round of its own.
+    teacher_pt = tmp_path / "trained" / "run" / "best.pt"
+    again = subprocess.run([sys.executable, str(SELF_TRAINING), *common, "--teacher", str(teacher_pt), "--shares",
+                            "0.3", "--run-root", str(tmp_path / "taught")], capture_output=True, text=True,
+                           timeout=900, cwd=REPO_ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    taught = json.loads(again.stdout.strip().splitlines()[-1])
+    assert taught["results"]["teacher"] == result["results"]["teacher"]
+    assert sorted(p.name for p in teacher_pt.parent.iterdir()) == ["best.pt", "history.csv", "last.pt"]
+    assert (tmp_path / "taught" / "share-0.3" / "self-training" / "best.pt").is_file()
+    other = subprocess.run([sys.executable, str(SELF_TRAINING), *common[:1], "tiny:epochs=2", *common[2:],
+                            "--teacher", str(teacher_pt), "--run-root", str(tmp_path / "other")],
+                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert other.returncode == 2 and "another recipe" in other.stderr and "epochs" in other.stderr
 
 
 # --------------------------------------------------------------------------------------------
