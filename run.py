@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.config import (
     Config,
     ConfigError,
@@ -121,7 +121,10 @@ def committed_run(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
     overrides = {"figures_dir": f"{outputs}/figures", "submission_path": f"{outputs}/submission.csv", **overrides,
                  "run_dir": str(best.parent)}
     cfg, _ = check_run(profile, overrides)
-    differences = recipe_differences(load_checkpoint(best)["config"], cfg)
+    try:
+        differences = recipe_differences(load_checkpoint(best)["config"], cfg)
+    except CheckpointError as err:       # a clone cut short, a file replaced by hand
+        raise UsageError(f"run.py: --committed: {err}") from None
     if differences:
         raise UsageError(f"run.py: --committed: {best} was trained with another recipe than profile '{profile}' "
                          f"with these overrides ({'; '.join(differences)}). Leave those -p out, or train without "

@@ -79,6 +79,15 @@ def test_committed_refuses_what_it_cannot_score_before_any_notebook(args, says, 
     assert not (tmp_path / "executed").exists()
 
 
+def test_a_committed_file_that_cannot_be_read_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "best.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")   # a pointer
+    monkeypatch.setattr(run, "COMMITTED_DIR", tmp_path)
+    assert run.main(["--profile", "quick", "--committed", "--out", str(tmp_path / "executed")]) == 2
+    err = capsys.readouterr().err
+    assert "--committed" in err and str(tmp_path / "quick" / "best.pt") in err and "cannot be read" in err
+
+
 def test_committed_writes_figures_and_submission_beside_a_students_own_run():
     overrides = run.committed_run("quick", {})
     assert overrides["run_dir"] == str(COMMITTED.parent)
