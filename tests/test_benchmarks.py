@@ -202,3 +202,25 @@ def test_tta_benchmark_pairs_every_mode_with_the_baseline_on_the_checkpoints_own
     assert base["acc"] == pytest.approx(evaluate_loader(loaded, loader, "none", plan)["acc"])
     assert weighted["acc"] == pytest.approx(
         evaluate_loader(loaded, loader, "flip_translate", plan, [2, 2, 1, 1, 1, 1])["acc"])
+
+
+@pytest.mark.slow
+def test_members_proxy_averages_the_proxys_own_runs_and_pairs_each_ensemble_with_its_first_member(cifar_dir, tmp_path):
+    recipe = "tiny:channels=[16,32],blocks=[1,1]"               # narrow: members that learn, and disagree, in seconds
+    common = ["--seeds", "0", "1", "--per-class", "100", "--holdout-per-class", "20", "--epochs", "3",
+              "--device", "cpu", "--data-dir", str(cifar_dir), "--run-root", str(tmp_path)]
+    proxy = subprocess.run([sys.executable, str(PROXY), "--recipes", recipe, *common], capture_output=True,
+                           text=True, timeout=600, cwd=REPO_ROOT)
+    assert proxy.returncode == 0, proxy.stderr[-3000:]
+    singles = [run["acc"] for run in json.loads(proxy.stdout.strip().splitlines()[-1])["runs"]]
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "members_proxy.py"), "--recipe",
+                           recipe, *common], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Training " not in done.stdout                        # the proxy's runs are the members, not retrained
+    one, two = json.loads(done.stdout.strip().splitlines()[-1])["rows"]
+    assert one["clean"]["accs"] == pytest.approx(singles)        # each member scored as the proxy scored it
+    assert singles[0] != singles[1]                              # two different members: averaging is exercised
+    assert one["clean"]["vs_one"]["mean"] == 0 and one["members"] == 1 and two["members"] == 2
+    assert two["clean"]["accs"][0] == two["clean"]["accs"][1]    # seeds (0, 1) and (1, 0): the same ensemble
+    assert two["clean"]["vs_one"]["mean"] == pytest.approx(two["clean"]["mean_acc"] - one["clean"]["mean_acc"])
+    assert set(two) == {"members", "train_seconds", "clean", "shifted"} and 0 <= two["shifted"]["mean_acc"] <= 1
