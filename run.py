@@ -107,9 +107,8 @@ def check_run(profile: str, overrides: dict[str, Any]) -> tuple[Config, dict[str
 
 
 def committed_run(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """--committed: the overrides that point 04 and 05 at models/<profile>/best.pt, once it is known to exist and
-    to hold this profile's recipe (the overrides included); figures and submission go to runs/<profile>-committed/
-    unless -p says otherwise."""
+    """--committed: the overrides that point 04 and 05 at models/<profile>/best.pt, once it is known to exist;
+    figures and submission go to runs/<profile>-committed/ unless -p says otherwise."""
     best = COMMITTED_DIR / profile / "best.pt"
     if not best.is_file():
         have = sorted(p.parent.name for p in COMMITTED_DIR.glob("*/best.pt"))
@@ -118,18 +117,21 @@ def committed_run(profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
     if "run_dir" in overrides:
         raise UsageError(f"run.py: --committed reads {best.parent}; leave out -p run_dir.")
     outputs = f"runs/{profile}-committed"    # a student's own run keeps its figures and submission.csv
-    overrides = {"figures_dir": f"{outputs}/figures", "submission_path": f"{outputs}/submission.csv", **overrides,
-                 "run_dir": str(best.parent)}
-    cfg, _ = check_run(profile, overrides)
+    return {"figures_dir": f"{outputs}/figures", "submission_path": f"{outputs}/submission.csv", **overrides,
+            "run_dir": str(best.parent)}
+
+
+def check_committed_recipe(cfg: Config) -> None:
+    """The committed best.pt in cfg.run_path holds cfg's recipe (the profile with its -p values)."""
+    best = cfg.run_path / "best.pt"
     try:
         differences = recipe_differences(load_checkpoint(best)["config"], cfg)
     except CheckpointError as err:       # a clone cut short, a file replaced by hand
         raise UsageError(f"run.py: --committed: {err}") from None
     if differences:
-        raise UsageError(f"run.py: --committed: {best} was trained with another recipe than profile '{profile}' "
+        raise UsageError(f"run.py: --committed: {best} was trained with another recipe than profile '{cfg.profile}' "
                          f"with these overrides ({'; '.join(differences)}). Leave those -p out, or train without "
                          "--committed.")
-    return overrides
 
 
 def member_plan(cfg: Config) -> str:
@@ -237,6 +239,8 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     if committed:
         values = committed_run(profile, values)
     cfg, params = check_run(profile, values)
+    if committed:
+        check_committed_recipe(cfg)
     notebooks = NOTEBOOKS[3:] if committed else NOTEBOOKS     # a committed model: no data, model or training step
     check_kernel()
     import papermill as pm
