@@ -27,18 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.proxy import PER_CLASS, proxy_splits, run_config, train_and_score  # noqa: E402
+from benchmarks.proxy import PER_CLASS, proxy_splits, run_config, seed_summary, train_and_score  # noqa: E402
 from benchmarks.self_training import shifted_copy  # noqa: E402
 from utils.checkpoint import load_trained_model  # noqa: E402
 from utils.dataset import load_cifar10  # noqa: E402
 from utils.evaluate import predict_proba  # noqa: E402
 from utils.runtime.device import cpu_has_native_bf16, decide, device_name, resolve_device  # noqa: E402
-
-
-def seed_summary(values: list[float]) -> dict[str, float]:
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
-    mean = statistics.fmean(values)
-    return {"mean": mean, "se": se, "beyond_2se": bool(len(values) > 1 and abs(mean) > 2 * se)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k in range(1, len(args.seeds) + 1):
         row = {"members": k, "train_seconds": round(sum(runs[s]["train_seconds"] for s in args.seeds[:k]), 1)}
+        ensembles = [[args.seeds[(i + j) % len(args.seeds)] for j in range(k)] for i in range(len(args.seeds))]
         for view in views:
-            ensembles = [[args.seeds[(i + j) % len(args.seeds)] for j in range(k)] for i in range(len(args.seeds))]
             accs = [accuracy(members, view) for members in ensembles]
             row[view] = {"accs": accs, "mean_acc": statistics.fmean(accs),
                          "vs_one": seed_summary([a - accuracy(m[:1], view) for a, m in zip(accs, ensembles)])}

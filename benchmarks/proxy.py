@@ -97,19 +97,25 @@ def train_and_score(spec: str, seed: int, splits: Splits, args: argparse.Namespa
     return row
 
 
+def seed_summary(diffs: list[float]) -> dict[str, float]:
+    """Paired differences, one per seed: their mean, its standard error (the sample standard deviation over
+    sqrt(seeds); NaN with fewer than two) and whether the mean is beyond two of them."""
+    mean = statistics.fmean(diffs) if diffs else float("nan")
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return {"mean": mean, "se": se, "beyond_2se": bool(len(diffs) > 1 and abs(mean) > 2 * se)}
+
+
 def compare(rows: list[dict], recipes: list[str], seeds: list[int]) -> list[dict]:
     """Per recipe: mean accuracy and its paired difference to the baseline (recipes[0]) with the standard error."""
     acc = {(r["recipe"], r["seed"]): r["acc"] for r in rows}
     table = []
     for spec in recipes:
         done = [s for s in seeds if (spec, s) in acc and (recipes[0], s) in acc]
-        diffs = [acc[spec, s] - acc[recipes[0], s] for s in done]
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-        mean_diff = statistics.fmean(diffs) if diffs else float("nan")
+        versus = seed_summary([acc[spec, s] - acc[recipes[0], s] for s in done])
         table.append({"recipe": spec, "seeds": len(done),
                       "mean_acc": statistics.fmean(acc[spec, s] for s in done) if done else float("nan"),
-                      "accs": [acc[spec, s] for s in done], "diff": mean_diff, "se": se,
-                      "beyond_2se": bool(spec != recipes[0] and len(diffs) > 1 and abs(mean_diff) > 2 * se)})
+                      "accs": [acc[spec, s] for s in done], "diff": versus["mean"], "se": versus["se"],
+                      "beyond_2se": spec != recipes[0] and versus["beyond_2se"]})
     return table
 
 

@@ -103,12 +103,15 @@ def measure(models, clean, shifted, labels, cfg, plan) -> dict[str, np.ndarray]:
             "shifted_bn_adapted": predictions(adapted, shifted, cfg, plan) == labels}
 
 
-def label_accuracy(table: pd.DataFrame, labels: np.ndarray) -> list[dict[str, float]]:
-    """The teacher's labels of the shifted copy (id k = test image k) against the truth, by confidence."""
+def label_accuracy(table: pd.DataFrame, labels: np.ndarray) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """The teacher's labels of the shifted copy (id k = test image k) against the truth: by confidence, and over
+    the images the round used."""
     right = table["label"].to_numpy() == labels[table["id"].to_numpy()]
     bins = pd.cut(table["confidence"], CONFIDENCE_BINS, include_lowest=True)
-    return [{"confidence": str(b), "images": int(n), "label_acc": float(right[(bins == b).to_numpy()].mean())}
-            for b, n in bins.value_counts(sort=False).items() if n]
+    by_confidence = [{"confidence": str(b), "images": int(n), "label_acc": float(right[(bins == b).to_numpy()].mean())}
+                     for b, n in bins.value_counts(sort=False).items() if n]
+    used = table["used"].to_numpy(dtype=bool)
+    return by_confidence, {"images": int(used.sum()), "label_acc": float(right[used].mean())}
 
 
 def teacher_folder(args, run_root: Path) -> Path:
@@ -179,11 +182,8 @@ def main() -> None:
         started = time.perf_counter()
         train_student(round_cfg, splits, device)
         times[f"round_{share:g}_s"] = time.perf_counter() - started
-        table = pd.read_csv(round_cfg.student_path / LABELS_FILE)
-        label_rows = label_accuracy(table, labels)     # the same labels for every share: the teacher's
-        used = table[table["used"]]
-        used_acc[f"{share:g}"] = {"images": len(used), "label_acc": float(
-            (used["label"].to_numpy() == labels[used["id"].to_numpy()]).mean())}
+        # every share's table holds the same labels (the teacher's); only which images are used differs
+        label_rows, used_acc[f"{share:g}"] = label_accuracy(pd.read_csv(round_cfg.student_path / LABELS_FILE), labels)
         right[f"student, share {share:g}"] = measure([find_student(round_cfg, device)], splits.test_images, shifted,
                                                       labels, cfg, plan)
 
