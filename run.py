@@ -4,7 +4,7 @@
     python run.py                         # `paper` with a CUDA GPU, else `smoke`
     python run.py --profile smoke         # configs/smoke.yaml
     python run.py --profile paper -p epochs 30 -p tta true
-    python run.py --profile leaderboard -p member 1   # train ensemble member 1 alone (members over machines)
+    python run.py --profile fast -p members 2 -p member 1   # member 1 of 2 alone (members over machines)
     python run.py --profile quick --committed   # 04 + 05 on the trained model in models/quick/, no training
     python run.py --list                  # the profiles there are
 

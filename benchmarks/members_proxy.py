@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One model against the average of two or three: ensemble members measured at the recipe proxy's scale.
 
-Why (issue 35): `leaderboard` trains several members because peers reported that it pays; here it is measured. A
+Why (issue 35): `leaderboard` trained two members because peers reported that it pays; here it is measured. A
 member is one of the proxy's runs (benchmarks/proxy.py: the same training images, the seed is the member's
 training seed), so the runs the proxy trained are reused and missing ones are trained the same way.
 

@@ -15,6 +15,8 @@ unlabeled pickle (ids in order, labels withheld). Then, with the project's own c
    student is measured the same way, and against the teacher image by image (the images each gets right that the
    other does not, the difference and its standard error: benchmarks.scoring.paired). The labels' accuracy is
    reported by confidence, and over the images each share used.
+4. --also: other trained best.pt files (another schedule of the recipe: quick:epochs=20) measured the same way and
+   paired with the teacher image by image, no round (issue 35: which recipe and epochs gain on the shifted copy).
 Every accuracy uses the profile's TTA. A student has trained on (self-labelled) shifted copies of the test images,
 so its CLEAN test accuracy is not a held-out number; the shifted accuracy is the competition's setting (the round
 sees the very images it is scored on, without their labels). Every training resumes from its last.pt and the
@@ -24,6 +26,7 @@ line.
     python benchmarks/self_training.py --profile quick --teacher models/quick/best.pt --shares 0.3 0.7
     python benchmarks/self_training.py --profile quick --device cpu                  # members, then the round
     python benchmarks/self_training.py --profile quick --base-run RUN --no-round      # an existing run: BN adaptation
+    python benchmarks/self_training.py --profile quick --teacher models/quick/best.pt --no-round --also RUN/best.pt
 """
 from __future__ import annotations
 
@@ -47,11 +50,11 @@ from torch import nn  # noqa: E402
 
 from benchmarks.scoring import paired  # noqa: E402
 from benchmarks.spec import parse_spec  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.checkpoint import load_checkpoint, load_trained_model, read_progress  # noqa: E402
 from utils.config import load_config, recipe_differences  # noqa: E402
 from utils.corruptions import CORRUPTIONS, corrupt, corruption_generator  # noqa: E402
 from utils.dataset import prepare_splits  # noqa: E402
-from utils.ensemble import ensemble_probabilities, find_members, find_student, predict_members  # noqa: E402
+from utils.ensemble import Member, ensemble_probabilities, find_members, find_student, predict_members  # noqa: E402
 from utils.loader import DeviceLoader  # noqa: E402
 from utils.runtime.device import decide, device_name, resolve_device  # noqa: E402
 from utils.self_training import LABELS_FILE, train_student  # noqa: E402
@@ -114,6 +117,15 @@ def label_accuracy(table: pd.DataFrame, labels: np.ndarray) -> tuple[list[dict[s
     return by_confidence, {"images": int(used.sum()), "label_acc": float(right[used].mean())}
 
 
+def other_model(path: str, device: torch.device) -> Member:
+    """An --also model: one finished best.pt, whatever its schedule (refused, naming it, when unfinished)."""
+    model, ckpt = load_trained_model(path, device)
+    progress = read_progress(ckpt, path)
+    if not progress.finished:
+        sys.exit(f"--also {path}: its training has not finished ({progress.describe()}); finish it first.")
+    return Member(0, Path(path).parent, progress, model, ckpt, name=f"{path} ({progress.describe()})")
+
+
 def teacher_folder(args, run_root: Path) -> Path:
     """Where the teacher's best.pt files are: --base-run, --teacher's folder, or run_root/run (trained here)."""
     return Path(args.base_run) if args.base_run else Path(args.teacher).parent if args.teacher else run_root / "run"
@@ -142,6 +154,8 @@ def main() -> None:
     source.add_argument("--teacher", help="a trained best.pt of this recipe (models/quick/best.pt): the teacher")
     source.add_argument("--base-run", help="an existing run folder of this recipe: its members are the teacher")
     parser.add_argument("--no-round", action="store_true", help="measure the teacher and BN adaptation only")
+    parser.add_argument("--also", nargs="+", default=[], metavar="BEST_PT",
+                        help="other trained best.pt files, measured alike and paired with the teacher")
     parser.add_argument("--run-root", default=str(REPO_ROOT / "runs" / "bench_self_training"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="CIFAR-10's folder (default: as notebooks find it)")
@@ -176,6 +190,9 @@ def main() -> None:
         times["members_s"] = time.perf_counter() - started
     members = find_members(cfg, device)
     right = {"teacher": measure(members, splits.test_images, shifted, labels, cfg, plan)}
+    for path in args.also:
+        other = other_model(path, device)
+        right[other.name] = measure([other], splits.test_images, shifted, labels, cfg, plan)
     label_rows, used_acc = [], {}
     for share in [] if args.no_round else args.shares:
         round_cfg = cfg.replace(run_dir=str(share_folder(run_root, share, teacher)), self_training=share)

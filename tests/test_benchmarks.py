@@ -52,20 +52,20 @@ def test_bench_train_reports_both_pipelines_as_json(cifar_dir):
 
 @pytest.mark.slow
 def test_compare_profiles_reports_clean_and_corruption_accuracy_per_profile(cifar_dir, tmp_path):
-    cmd = [sys.executable, str(COMPARE), "--profiles", "paper", "leaderboard:val_fraction=0.1",
+    cmd = [sys.executable, str(COMPARE), "--profiles", "paper", "quick:label_smoothing=0.2",
            "--subset-per-class", "20", "--epochs", "1", "--device", "cpu", "--data-dir", str(cifar_dir),
            "--corruption-images", "10", "--test-limit", "200", "--run-root", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     rows = {r["profile"]: r for r in result["rows"]}
-    assert set(rows) == {"paper", "leaderboard:val_fraction=0.1"}
+    assert set(rows) == {"paper", "quick:label_smoothing=0.2"}
     for row in rows.values():
         assert row["epochs"] == 1 and row["train_images"] == 180 and row["val_images"] == 20
         assert row["test_images"] == 200 and 0 <= row["mean_corruption_acc"] <= 1
         assert 0 <= row["test_acc"] <= 1 and 0 <= row["test_acc_no_tta"] <= 1 and 0 <= row["best_val_acc"] <= 1
     assert rows["paper"]["tta"] == "none" and rows["paper"]["test_acc"] == rows["paper"]["test_acc_no_tta"]
-    assert rows["leaderboard:val_fraction=0.1"]["tta"] == "flip_shift"
+    assert rows["quick:label_smoothing=0.2"]["tta"] == "flip"
     assert "| mean corruption acc |" in done.stdout
 
 
@@ -108,6 +108,15 @@ def test_self_training_benchmark_shifts_the_test_images_and_pairs_each_share_wit
     assert taught["results"]["teacher"] == result["results"]["teacher"]
     assert sorted(p.name for p in teacher_pt.parent.iterdir()) == ["best.pt", "history.csv", "last.pt"]
     assert (tmp_path / "taught" / "share-0.3" / "self-training" / "best.pt").is_file()
+    # --also: another trained model (the first round's student) measured alike and paired with the teacher, no round.
+    student_pt = tmp_path / "trained" / "share-0.5" / "self-training" / "best.pt"
+    also = subprocess.run([sys.executable, str(SELF_TRAINING), *common, "--teacher", str(teacher_pt), "--no-round",
+                           "--also", str(student_pt), "--run-root", str(tmp_path / "also")], capture_output=True,
+                          text=True, timeout=300, cwd=REPO_ROOT)
+    assert also.returncode == 0, also.stderr[-3000:]
+    rows = json.loads(also.stdout.strip().splitlines()[-1])["results"]
+    assert list(rows) == ["teacher", f"{student_pt} (1/1 epochs, finished)"]
+    assert rows[f"{student_pt} (1/1 epochs, finished)"] == student and not (tmp_path / "also" / "share-0.5").exists()
     other = subprocess.run([sys.executable, str(SELF_TRAINING), *common[:1], "tiny:epochs=2", *common[2:],
                             "--teacher", str(teacher_pt), "--run-root", str(tmp_path / "other")],
                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
