@@ -15,10 +15,10 @@ from utils.config import (
     Config,
     ConfigError,
     available_profiles,
-    config_from_namespace,
     load_config,
     read_profile,
 )
+from utils.notebook import config_from_namespace
 from utils.runtime import platforms
 from utils.runtime.device import DeviceError, resolve_device
 
@@ -182,9 +182,45 @@ def test_every_profile_loads_and_lists_only_what_differs_from_the_defaults(name)
     defaults = Config().to_dict()
     same = {k: v for k, v in read_profile(name).items() if defaults.get(k) == v}
     assert not same, f"configs/{name}.yaml repeats defaults: {same}"
+    own = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text()) or {}
+    base = own.pop("base", None)
+    inherited = read_profile(base) if base else {}
+    repeated = {k: v for k, v in own.items() if k in inherited and inherited[k] == v}
+    assert not repeated, f"configs/{name}.yaml repeats what its base profile '{base}' sets: {repeated}"
     text = (CONFIG_DIR / f"{name}.yaml").read_text().splitlines()
     settings = [line for line in text if line and not line.startswith("#")]
     assert all("#" in line for line in settings), f"configs/{name}.yaml: every setting needs its reason"
+
+
+def test_a_profile_builds_on_its_base_and_overrides_it():
+    """leaderboard lists only what it adds to quick; quick's recipe reaches it (and follows quick when it changes)."""
+    own = yaml.safe_load((CONFIG_DIR / "leaderboard.yaml").read_text())
+    assert own.pop("base") == "quick" and "nesterov" not in own and "label_smoothing" not in own
+    board, quick = load_config("leaderboard"), load_config("quick")
+    for name, value in read_profile("quick").items():
+        assert getattr(board, name) == own.get(name, value), name
+    assert (board.val_fraction, quick.val_fraction) == (0.0, 0.1)     # its own line wins over the base's default
+    assert board.nesterov and board.label_smoothing == 0.1 and board.ema_decay == 0.999
+
+
+@pytest.mark.parametrize("lines, message", [
+    ({"base": "no-such-profile", "epochs": 3}, r"base = 'no-such-profile': expected the name of a profile"),
+    ({"base": 3}, r"base = 3: expected the name of a profile"),
+    ({"base": "broken-test-profile"}, r"base = 'broken-test-profile': .* not build on broken-test-profile; "),
+    ({"base": "broken-test-other"}, r"base = 'broken-test-profile': .* not build on broken-test-profile -> "
+                                    r"broken-test-other; "),
+    ({"base": "quick", "epoch": 3}, r"unknown parameter\(s\) \['epoch'\]"),
+])
+def test_a_bad_base_names_the_file(lines, message):
+    path, other = CONFIG_DIR / "broken-test-profile.yaml", CONFIG_DIR / "broken-test-other.yaml"
+    path.write_text(yaml.safe_dump(lines))
+    other.write_text(yaml.safe_dump({"base": "broken-test-profile"}))     # a circle of two, where lines name it
+    try:
+        with pytest.raises(ValueError, match=r"broken-test-(profile|other)\.yaml: .*" + message):
+            load_config("broken-test-profile")
+    finally:
+        path.unlink()
+        other.unlink()
 
 
 def test_a_bad_profile_names_the_file():

@@ -17,9 +17,6 @@ Design choices:
 - Relative output paths (`run_dir`, `figures_dir`, `submission_path`) resolve under the platform's output root
   (`utils.runtime.platforms`: the repository locally, Google Drive on Colab, /kaggle/working on Kaggle); a relative
   `data_dir` resolves against the repository root.
-- Members: `members` models of one recipe, each with its own TRAINING seed (`Config.training_seed`), all on the same
-  DATA (`seed`), member k >= 1 in `run_path / "member-k"` (`Config.member_path`). `member` (None: all) only chooses
-  what notebook 03 / `run.py` trains; notebooks 04 and 05 use every finished member they find.
 """
 from __future__ import annotations
 
@@ -366,18 +363,24 @@ def unknown_names(names) -> list[str]:
     return sorted(set(names) - set(Config.field_names()))
 
 
-def read_profile(name: str) -> dict[str, Any]:
-    """The raw parameters of `configs/<name>.yaml` (only what differs from Config), checked against its fields."""
+def read_profile(name: str, below: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parameters of `configs/<name>.yaml` (only what differs from Config), checked against its fields, over the
+    values of the profile it builds on, if any (`base: quick`): a recipe is written once. `below`: the profiles that
+    build on this one (a circle is refused)."""
     path = profile_path(name)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such profile; available: {', '.join(available_profiles())}")
     params = yaml.safe_load(path.read_text()) or {}
     if not isinstance(params, dict):
         raise ConfigError([f"expected a mapping of Config fields, found a {type(params).__name__}"], str(path))
+    base = params.pop("base", None)
     unknown = unknown_names(params)
     if unknown:
         raise ValueError(f"{path}: unknown parameter(s) {unknown}; valid names are the fields of utils.config.Config")
-    return params
+    if base is not None and (not isinstance(base, str) or base in (*below, name) or not profile_path(base).is_file()):
+        raise ValueError(f"{path}: base = {base!r}: expected the name of a profile that does not build on "
+                         f"{' -> '.join((*below, name))}; available: {', '.join(available_profiles())}")
+    return {**(read_profile(base, (*below, name)) if base else {}), **params}
 
 
 def load_config(profile: str = "paper", **overrides: Any) -> Config:
@@ -391,10 +394,3 @@ def load_config(profile: str = "paper", **overrides: Any) -> Config:
             source += f" with {', '.join(sorted(overrides))} set"
         raise ConfigError(err.problems, source) from None
 
-
-def config_from_namespace(namespace: Mapping[str, Any]) -> Config:
-    """A notebook's Config: its `profile`, with every Config field the notebook defines (its `parameters` cell,
-    or what papermill injected) set over the profile's values."""
-    profile = namespace.get("profile", "paper")
-    overrides = {k: namespace[k] for k in Config.field_names() if k in namespace and k != "profile"}
-    return load_config(profile, **overrides)

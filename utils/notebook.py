@@ -33,7 +33,6 @@ def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bo
     if install if install is not None else platform in ("colab", "kaggle"):
         for line in requirements.install_missing(platforms.REPO_ROOT / "requirements.txt"):
             print(line)
-    from .config import config_from_namespace
     from .runtime.device import decide, resolve_device
 
     cfg = config_from_namespace(namespace)
@@ -54,3 +53,12 @@ def setup(namespace: Mapping[str, Any], install: bool | None = None, verbose: bo
             if note:
                 print(note)
     return cfg, device
+
+
+def config_from_namespace(namespace: Mapping[str, Any]):
+    """A notebook's Config: its `profile`, with every Config field the notebook defines (its `parameters` cell,
+    or what papermill injected) set over the profile's values."""
+    from .config import Config, load_config  # after the install: pydantic and yaml may have been missing
+
+    overrides = {k: namespace[k] for k in Config.field_names() if k in namespace and k != "profile"}
+    return load_config(namespace.get("profile", "paper"), **overrides)
