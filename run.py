@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,27 @@ def quiet_kernels(log_path: Path):
     return QuietKernelManager
 
 
+def quiet_after_ctrl_c(log_path: Path) -> None:
+    """From Ctrl-C on, what papermill and asyncio log goes to `log_path`, not this terminal, where run.py's one line
+    on resuming is all a student needs. Papermill shuts the kernel down on the event loop where nbclient's tasks for
+    the interrupted cell still wait; one that wakes after the kernel has gone logs "Kernel died while waiting for
+    execute reply." and, when the task is collected (as late as the process's exit), an unretrieved DeadKernelError
+    traceback (seen in CI with the cores shared: about one Ctrl-C in six). So the logs stay there for the rest of the
+    process. A SIGINT ignored when run.py started (a background job) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C: Python's usual one
+        handler = logging.FileHandler(log_path)
+        for name in ("papermill", "asyncio"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).propagate = False
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
+
 def paused(cfg: Config) -> str | None:
     """After notebook 03: None when every member it trains has finished; else the line that ends the run."""
     from utils.members import unfinished_note
@@ -252,6 +274,7 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     os.environ[PROGRESS_ENV] = "lines"       # the kernels inherit it: epoch lines, not frozen widget bars
     kernel_manager = quiet_kernels(out_dir / "kernels.log")
+    quiet_after_ctrl_c(out_dir / "kernels.log")
     platform = platforms.describe()   # which platform (and the signal that decided it), where relative outputs go
     print(platform)
     print(f"profile {profile}: executed notebooks -> {out_dir}, checkpoints -> {cfg.run_path}, "

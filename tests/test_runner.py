@@ -2,6 +2,7 @@
 executed copies and checkpoints kept; and what it shows of the notebooks' output: each setup cell's lines once."""
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -78,6 +79,39 @@ def test_a_failing_notebook_stops_the_run_and_names_notebook_and_cell(tmp_path, 
     errors = [o for c in failed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors and errors[0]["ename"] == "NonFiniteLossError"
     assert not (tmp_path / "submission.csv").exists()
+
+
+def test_after_ctrl_c_papermill_and_asyncio_log_to_the_kernels_log_not_the_terminal(tmp_path, monkeypatch, caplog):
+    """Ctrl-C's shutdown noise (nbclient's "Kernel died", an unretrieved DeadKernelError, the way CI saw it) goes to
+    kernels.log, not the terminal; what they log before it is shown as ever; a second Ctrl-C is Python's usual one."""
+    for name in ("papermill", "asyncio"):
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    log = tmp_path / "kernels.log"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        runner.quiet_after_ctrl_c(log)
+        logging.getLogger("papermill").error("before Ctrl-C")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        logging.getLogger("papermill").error("Kernel died while waiting for execute reply.")
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert caplog.messages == ["before Ctrl-C"]
+    assert log.read_text().splitlines() == ["Kernel died while waiting for execute reply.",
+                                            "Task exception was never retrieved"]
+
+
+def test_a_sigint_ignored_at_start_stays_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)       # as in a background job (`python run.py &`)
+    try:
+        runner.quiet_after_ctrl_c(tmp_path / "kernels.log")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.notebooks
