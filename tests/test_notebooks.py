@@ -358,7 +358,10 @@ def test_a_run_started_on_the_cpu_goes_on_under_the_t4_plan(tmp_path, cifar_dir,
     (Before the fix, the CPU's saved `fused: None` came back with the optimizer state and GradScaler.step failed.)"""
     from utils.checkpoint import load_checkpoint
     monkeypatch.delenv("CIFAR10_EMULATE", raising=False)
-    split = ("-p", "subset_per_class", "10", "-p", "epochs", "3", "-p", "max_epochs_this_call", "1")
+    # One image per class and no validation split: the T4's fp16 backward pass, executed on the CPU, takes seconds
+    # an image (CI's slowest test at 10 per class: 341 s on 2 Xeon cores).
+    split = ("-p", "subset_per_class", "1", "-p", "val_fraction", "0", "-p", "epochs", "3",
+             "-p", "max_epochs_this_call", "1")
     on_cpu, out = run_profile("tiny", tmp_path, cifar_dir, *split)
     assert on_cpu.returncode == 0 and "paused after 03_train.ipynb: member 0 at epoch 1 of 3" in on_cpu.stdout, \
         on_cpu.stdout[-3000:] + on_cpu.stderr[-3000:]
