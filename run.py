@@ -27,7 +27,8 @@ epochs and a member's schedule is not done, the run stops after 03 with exit cod
 (epoch k of N, what to run next); 04 and 05 run once training has finished. The first notebook that
 fails stops the run with exit code 1, naming the notebook, the cell and the error; its executed copy,
 traceback included, is kept. Ctrl-C stops with exit code 130; the checkpoints are whole, and the
-same command resumes training where it stopped.
+same command resumes training where it stopped. What the kernels print outside their cells, and what
+papermill says while it shuts them down after Ctrl-C, goes to kernels.log beside the executed copies.
 """
 from __future__ import annotations
 
