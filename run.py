@@ -183,8 +183,8 @@ def quiet_after_ctrl_c(log_path: Path) -> None:
     on resuming is all a student needs. Papermill shuts the kernel down on the event loop where nbclient's tasks for
     the interrupted cell still wait; one that wakes after the kernel has gone logs "Kernel died while waiting for
     execute reply." and, when the task is collected (as late as the process's exit), an unretrieved DeadKernelError
-    traceback (seen in CI with the cores shared: about one Ctrl-C in six). So the logs stay there for the rest of the
-    process. A SIGINT ignored when run.py started (a background job) stays ignored."""
+    traceback (a race, which CI lost with its cores shared). So the logs stay there for the rest of the process.
+    A SIGINT ignored when run.py started (a background job) stays ignored."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return
 

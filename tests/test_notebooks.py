@@ -359,7 +359,7 @@ def test_a_run_started_on_the_cpu_goes_on_under_the_t4_plan(tmp_path, cifar_dir,
     from utils.checkpoint import load_checkpoint
     monkeypatch.delenv("CIFAR10_EMULATE", raising=False)
     # One image per class and no validation split: the T4's fp16 backward pass, executed on the CPU, takes seconds
-    # an image (CI's slowest test at 10 per class: 341 s on 2 Xeon cores).
+    # an image (at 10 per class this was CI's slowest test).
     split = ("-p", "subset_per_class", "1", "-p", "val_fraction", "0", "-p", "epochs", "3",
              "-p", "max_epochs_this_call", "1")
     on_cpu, out = run_profile("tiny", tmp_path, cifar_dir, *split)
