@@ -274,8 +274,9 @@ def run(profile: str, overrides: list[list[str]], out_dir: Path | None = None, q
     # Every notebook gets every field; the setup cell reads them from its globals, declared or not.
     logging.getLogger("papermill").addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     os.environ[PROGRESS_ENV] = "lines"       # the kernels inherit it: epoch lines, not frozen widget bars
-    kernel_manager = quiet_kernels(out_dir / "kernels.log")
-    quiet_after_ctrl_c(out_dir / "kernels.log")
+    kernels_log = out_dir / "kernels.log"
+    kernel_manager = quiet_kernels(kernels_log)
+    quiet_after_ctrl_c(kernels_log)
     platform = platforms.describe()   # which platform (and the signal that decided it), where relative outputs go
     print(platform)
     print(f"profile {profile}: executed notebooks -> {out_dir}, checkpoints -> {cfg.run_path}, "
